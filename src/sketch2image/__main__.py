@@ -1,0 +1,3 @@
+from sketch2image.cli import main
+
+raise SystemExit(main())

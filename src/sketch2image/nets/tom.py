@@ -1,0 +1,89 @@
+"""TOM ("Train Once, get Multiple transfers"): the sketch generator and the Gram discriminator.
+
+``SketchGenerator`` decodes one VGG feature map of an RGB image back to a one-channel line
+sketch (white background = 1, dark lines = 0). ``GramDiscriminator`` never sees pixels: it
+judges the Gram matrices of VGG features of a sketch, i.e. stroke statistics, not layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from sketch2image.nets.vgg import CHANNELS, layer_stride
+
+
+def _conv(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=1, padding_mode="reflect")
+
+
+class SketchGenerator(nn.Module):
+    """VGG feature map → sketch, AdaIN-decoder style: reflect-padded convs, ReLU, nearest upsampling.
+
+    No normalisation layers, so every saved snapshot behaves the same in train and eval mode.
+    """
+
+    def __init__(self, feature_layer: str = "relu3_1", width: int = 64, max_width: int = 256) -> None:
+        super().__init__()
+        levels = int(math.log2(layer_stride(feature_layer)))
+        widths = [min(width * 2**i, max_width) for i in range(levels + 1)]  # widths[i] at 1/2**i scale
+        layers: list[nn.Module] = [_conv(CHANNELS[feature_layer], widths[levels]), nn.ReLU(inplace=True)]
+        for i in range(levels, 0, -1):
+            layers += [
+                _conv(widths[i], widths[i]),
+                nn.ReLU(inplace=True),
+                nn.Upsample(scale_factor=2.0),
+                _conv(widths[i], widths[i - 1]),
+                nn.ReLU(inplace=True),
+            ]
+        layers += [_conv(widths[0], widths[0]), nn.ReLU(inplace=True), _conv(widths[0], 1)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.body(features))
+
+
+class _GramHead(nn.Module):
+    """Judges one layer's Gram matrix through learnt bilinear forms uᵀ·G·v.
+
+    Each form is a second moment of two learnt projections of the feature map, so the head
+    sees exactly stroke statistics, at O(C·k) parameters instead of O(C²) for a flat MLP.
+    """
+
+    def __init__(self, channels: int, forms: int, hidden: int) -> None:
+        super().__init__()
+        self.u = nn.Parameter(torch.randn(channels, forms) / math.sqrt(channels))
+        self.v = nn.Parameter(torch.randn(channels, forms) / math.sqrt(channels))
+        self.mlp = nn.Sequential(nn.Linear(2 * forms, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        gu = g @ self.u  # (B, C, k)
+        quad = (self.u * gu).sum(1)  # uᵀGu ≥ 0: energy along u
+        cross = (self.v * gu).sum(1)  # vᵀGu: co-activation
+        x = torch.cat([torch.log(quad + 1e-4), torch.asinh(cross)], dim=1)
+        return self.mlp(x)
+
+
+class GramDiscriminator(nn.Module):
+    """Sum of per-layer logits over the Gram matrices of several VGG layers."""
+
+    def __init__(
+        self, layers: tuple[str, ...] = ("relu2_1", "relu3_1", "relu4_1"), forms: int = 128, hidden: int = 256
+    ) -> None:
+        super().__init__()
+        self.layers = tuple(layers)
+        self.heads = nn.ModuleDict({name: _GramHead(CHANNELS[name], forms, hidden) for name in self.layers})
+
+    def forward(self, grams: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([self.heads[name](grams[name]) for name in self.layers], 0).sum(0).squeeze(1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def binarize(sketch: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Hard lines: pixels darker than ``threshold`` become 0, the rest 1."""
+    return (sketch >= threshold).to(sketch.dtype)

@@ -1,0 +1,289 @@
+"""Training loop for TOM (paper §3): online AdaIN targets, Gram discriminator, K snapshots.
+
+Every step a batch of RGB images is matched with a freshly drawn random batch of real
+sketches, so the feature target ``AdaIN(E(I_c), E(I_s))`` keeps changing; the generator is
+saved at K points after a warm-up, and each snapshot draws in a different way.
+
+Reads an image folder and a folder of real sketches; writes a run folder:
+``config.json``, ``snapshots/snapshot_XX.safetensors`` (what later stages use),
+``checkpoints/`` (resume), ``samples/*.png``, ``log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm.auto import tqdm
+
+from sketch2image.configs import TOMConfig, to_dict
+from sketch2image.data.images import ImageFolder
+from sketch2image.errors import InputError
+from sketch2image.losses import adain, d_loss, g_adv_loss, gram, mean_std
+from sketch2image.nets.tom import GramDiscriminator, SketchGenerator, count_parameters
+from sketch2image.nets.vgg import VGGEncoder, load_vgg
+from sketch2image.train import checkpoint as ckpt
+from sketch2image.train.common import JsonlLog, prepare_run_dir, save_grid, seed_everything
+
+log = logging.getLogger("sketch2image")
+
+SNAPSHOT_DIR = "snapshots"
+
+
+def stroke_variants(sketches: torch.Tensor, enabled: bool) -> dict[str, torch.Tensor]:
+    """The real sketches as drawn, with bolder lines, and with lighter (pencil-like) lines."""
+    variants = {"as_drawn": sketches}
+    if enabled:
+        variants["bold"] = -F.max_pool2d(-sketches, 3, 1, 1)
+        variants["light"] = 1 - 0.5 * (1 - sketches)
+    return variants
+
+
+@dataclass
+class SketchStats:
+    """What the loop needs of every real sketch, computed once: AdaIN stats and Gram matrices."""
+
+    mean: torch.Tensor  # (N, C, 1, 1) at the feature layer
+    std: torch.Tensor
+    grams: dict[str, torch.Tensor]  # layer -> (N, C, C)
+    variant: list[str]  # stroke variant of each row
+
+    @staticmethod
+    @torch.no_grad()
+    def compute(vgg: VGGEncoder, variants: dict[str, torch.Tensor], cfg: TOMConfig, batch: int = 16):
+        layers = sorted(set(cfg.gram_layers) | {cfg.feature_layer})
+        means, stds, grams, names = [], [], {g: [] for g in cfg.gram_layers}, []
+        device = next(vgg.parameters()).device
+        for name, sk in variants.items():
+            for chunk in sk.split(batch):
+                feats = vgg(chunk.to(device), layers)
+                m, s = mean_std(feats[cfg.feature_layer])
+                means.append(m)
+                stds.append(s)
+                for g in cfg.gram_layers:
+                    grams[g].append(gram(feats[g]))
+            names += [name] * len(sk)
+        return SketchStats(torch.cat(means), torch.cat(stds), {g: torch.cat(v) for g, v in grams.items()}, names)
+
+
+def target_pool(step: int, cfg: TOMConfig, stats: SketchStats) -> torch.Tensor:
+    """Indices of the real sketches that may be drawn at ``step`` (a pure function of the step).
+
+    Before the window leading to each snapshot the pool is one random subset of one stroke
+    variant, so consecutive snapshots are pulled towards different drawing styles.
+    """
+    variants = sorted(set(stats.variant), key=stats.variant.index)
+    as_drawn = torch.tensor([i for i, v in enumerate(stats.variant) if v == variants[0]])
+    for k, snap in enumerate(cfg.snapshot_steps()):
+        if snap - cfg.snapshot_every < step <= snap:
+            name = variants[k % len(variants)]
+            rows = torch.tensor([i for i, v in enumerate(stats.variant) if v == name])
+            if cfg.snapshot_focus >= 1.0:
+                return rows
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + k)
+            n = max(2, math.ceil(cfg.snapshot_focus * len(rows)))
+            return rows[torch.randperm(len(rows), generator=g)[:n]]
+    return as_drawn
+
+
+def load_sketch_set(root: Path, size: int) -> torch.Tensor:
+    """Real sketches as (N, 1, size, size) grey in [0, 1], white background."""
+    folder = ImageFolder(root, size, progress=False)
+    sketches = torch.stack([folder[i]["image"] for i in range(len(folder))])
+    grey = (0.299 * sketches[:, 0] + 0.587 * sketches[:, 1] + 0.114 * sketches[:, 2]).unsqueeze(1)
+    if grey.mean() < 0.5:  # white lines on black: flip to dark lines on white
+        log.warning("%s: sketches look white-on-black; inverting them", root)
+        grey = 1 - grey
+    return grey
+
+
+def build_models(cfg: TOMConfig) -> tuple[SketchGenerator, GramDiscriminator]:
+    g = SketchGenerator(cfg.feature_layer, cfg.g_width, cfg.g_max_width)
+    d = GramDiscriminator(tuple(cfg.gram_layers), cfg.d_forms, cfg.d_hidden)
+    return g, d
+
+
+class TOMTrainer:
+    """Holds the networks and does one training step; the loop around it is ``train_tom``."""
+
+    def __init__(self, cfg: TOMConfig, vgg: VGGEncoder, stats: SketchStats, accelerator: Accelerator) -> None:
+        self.cfg, self.vgg, self.stats, self.acc = cfg, vgg, stats, accelerator
+        self.g, self.d = build_models(cfg)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+        self.opt_d = torch.optim.Adam(self.d.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+        self.g, self.d, self.opt_g, self.opt_d = accelerator.prepare(self.g, self.d, self.opt_g, self.opt_d)
+        self.layers = sorted(set(cfg.gram_layers) | {cfg.feature_layer})
+
+    def step(self, images: torch.Tensor, step: int) -> dict[str, float]:
+        cfg, acc = self.cfg, self.acc
+        if cfg.hflip:
+            flip = torch.rand(images.shape[0], device=images.device) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(3), images)
+        pool = target_pool(step, cfg, self.stats)
+        idx = pool[torch.randint(len(pool), (images.shape[0],))].to(images.device)
+        with torch.no_grad():
+            f_content = self.vgg(images, [cfg.feature_layer])[cfg.feature_layer]
+            f_target = adain(f_content, self.stats.mean[idx], self.stats.std[idx])
+        real_grams = {g: self.stats.grams[g][idx] for g in cfg.gram_layers}
+
+        with acc.autocast():
+            sketch = self.g(f_content)
+            feats = self.vgg(sketch, self.layers)
+            fake_grams = {g: gram(feats[g].float()) for g in cfg.gram_layers}
+
+        # D: real sketches' Grams vs the generated ones (detached).
+        self.d.requires_grad_(True)
+        with acc.autocast():
+            loss_d = d_loss(self.d(real_grams), self.d({k: v.detach() for k, v in fake_grams.items()}), cfg.gan_loss)
+        self.opt_d.zero_grad(set_to_none=True)
+        acc.backward(loss_d)
+        self.opt_d.step()
+
+        # G: fool D + match the online AdaIN feature target (+ optional Gram matching).
+        self.d.requires_grad_(False)
+        with acc.autocast():
+            fake_logits = self.d(fake_grams)
+            loss_adv = g_adv_loss(fake_logits, cfg.gan_loss)
+            loss_feat = F.mse_loss(feats[cfg.feature_layer].float(), f_target)
+            loss_gram = sum(F.mse_loss(fake_grams[g], real_grams[g]) for g in cfg.gram_layers) / len(cfg.gram_layers)
+            loss_g = cfg.w_adv * loss_adv + cfg.w_feat * loss_feat + (cfg.w_gram * loss_gram if cfg.w_gram else 0.0)
+        self.opt_g.zero_grad(set_to_none=True)
+        acc.backward(loss_g)
+        self.opt_g.step()
+        return {
+            "loss_d": loss_d.item(),
+            "loss_adv": loss_adv.item(),
+            "loss_feat": loss_feat.item(),
+            "loss_gram": float(loss_gram),
+            "d_fake": fake_logits.mean().item(),
+        }
+
+    @torch.no_grad()
+    def sketch(self, images: torch.Tensor) -> torch.Tensor:
+        g = self.acc.unwrap_model(self.g)
+        return g(self.vgg(images, [self.cfg.feature_layer])[self.cfg.feature_layer])
+
+    # --- checkpoint state -------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {
+            **ckpt.module_tensors("g", self.acc.unwrap_model(self.g)),
+            **ckpt.module_tensors("d", self.acc.unwrap_model(self.d)),
+        }
+        meta = {}
+        for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
+            t, m = ckpt.optimizer_state(name, opt)
+            tensors.update(t)
+            meta[name] = m
+        t, meta["rng"] = ckpt.rng_state()
+        tensors.update(t)
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
+        ckpt.load_module("g", self.acc.unwrap_model(self.g), tensors, source)
+        ckpt.load_module("d", self.acc.unwrap_model(self.d), tensors, source)
+        ckpt.load_optimizer("opt_g", self.opt_g, tensors, meta["opt_g"])
+        ckpt.load_optimizer("opt_d", self.opt_d, tensors, meta["opt_d"])
+        ckpt.set_rng_state(tensors, meta["rng"])
+
+
+def save_snapshot(run_dir: Path, index: int, step: int, g: torch.nn.Module, cfg: TOMConfig, variant: str) -> Path:
+    meta = {
+        "format": "sketch2image.tom_snapshot/1",
+        "index": str(index),
+        "step": str(step),
+        "variant": variant,
+        "config": json.dumps(to_dict(cfg)),
+    }
+    path = Path(run_dir) / SNAPSHOT_DIR / f"snapshot_{index:02d}.safetensors"
+    ckpt.atomic_save_safetensors(g.state_dict(), path, metadata=meta)
+    return path
+
+
+def train_tom(
+    cfg: TOMConfig, images: Path, sketches: Path, run_dir: Path, *, resume: bool = True, progress: bool = True
+) -> Path:
+    """Train (or continue) a TOM run; returns the run folder."""
+    cfg.validate()
+    run_dir = Path(run_dir)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    dataset = ImageFolder(images, cfg.size, progress=progress and acc.is_main_process)
+    real = load_sketch_set(Path(sketches), cfg.size)
+    if len(real) < 2:
+        raise InputError(f"{sketches}: TOM needs at least 2 real sketches, found {len(real)}")
+    if acc.is_main_process:
+        prepare_run_dir(run_dir, cfg, resume)
+        (run_dir / "run.json").write_text(
+            json.dumps(
+                {
+                    "images": str(Path(images).resolve()),
+                    "sketches": str(Path(sketches).resolve()),
+                    "n_images": len(dataset),
+                    "n_sketches": len(real),
+                },
+                indent=2,
+            )
+        )
+    acc.wait_for_everyone()
+    seed_everything(cfg.seed)
+
+    vgg = load_vgg(cfg.vgg).to(acc.device)
+    stats = SketchStats.compute(vgg, stroke_variants(real, cfg.stroke_variants), cfg)
+    stats.mean, stats.std = stats.mean.to(acc.device), stats.std.to(acc.device)
+    stats.grams = {k: v.to(acc.device) for k, v in stats.grams.items()}
+    trainer = TOMTrainer(cfg, vgg, stats, acc)
+
+    start = 0
+    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    if latest is not None:
+        tensors, meta = ckpt.load_checkpoint(latest)
+        trainer.load_state(tensors, meta, str(latest))
+        start = meta["step"]
+        log.info("resuming %s from step %d", run_dir, start)
+    if start >= cfg.steps:
+        return run_dir
+
+    if acc.is_main_process:
+        print(
+            f"TOM: {len(dataset)} images, {len(real)} real sketches, G {count_parameters(trainer.g):,} params, "
+            f"D {count_parameters(trainer.d):,} params, {cfg.size}px, steps {start}->{cfg.steps}"
+        )
+    gen = torch.Generator().manual_seed(cfg.seed + 7919 * start)
+    sampler = RandomSampler(dataset, replacement=True, num_samples=(cfg.steps - start) * cfg.batch_size, generator=gen)
+    loader = acc.prepare(
+        DataLoader(dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=True)
+    )
+    fixed = torch.stack([dataset[i]["image"] for i in range(min(8, len(dataset)))]).to(acc.device)
+    logger = JsonlLog(run_dir / "log.jsonl", acc.is_main_process)
+    snap_steps = cfg.snapshot_steps()
+    bar = tqdm(total=cfg.steps, initial=start, desc="TOM", disable=not (progress and acc.is_main_process))
+    step = start
+    for batch in loader:
+        losses = trainer.step(batch["image"], step + 1)
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            logger.write(step=step, **losses)
+        if acc.is_main_process:
+            if step in snap_steps:
+                k = snap_steps.index(step)
+                variant = stats.variant[int(target_pool(step, cfg, stats)[0])]
+                save_snapshot(run_dir, k, step, acc.unwrap_model(trainer.g), cfg, variant)
+            if step % cfg.sample_every == 0 or step == cfg.steps:
+                save_grid(run_dir / "samples" / f"step_{step:07d}.png", [fixed, trainer.sketch(fixed)])
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            tensors, meta = trainer.state()
+            if acc.is_main_process:
+                ckpt.save_checkpoint(run_dir, step, tensors, {**meta, "config": to_dict(cfg)}, cfg.keep_checkpoints)
+        if step >= cfg.steps:
+            break
+    bar.close()
+    acc.wait_for_everyone()
+    return run_dir
