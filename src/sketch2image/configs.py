@@ -26,8 +26,8 @@ class TOMConfig:
 
     size: int = 128
     feature_layer: str = "relu3_1"  # G reads this VGG layer; the AdaIN feature target lives here too
-    gram_layers: list[str] = field(default_factory=lambda: ["relu2_1", "relu3_1", "relu4_1"])
-    g_width: int = 64
+    gram_layers: list[str] = field(default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1"])
+    g_width: int = 32
     g_max_width: int = 256
     d_forms: int = 128
     d_hidden: int = 256
@@ -41,11 +41,11 @@ class TOMConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     batch_size: int = 8
-    steps: int = 700
+    steps: int = 520
     # Multiple transfers: K generator snapshots, every `snapshot_every` steps after `warmup`.
     snapshots: int = 10
-    warmup: int = 250
-    snapshot_every: int = 45
+    warmup: int = 200
+    snapshot_every: int = 35
     # Variation between snapshots: before each snapshot the real-sketch targets come from one
     # random subset (this fraction of S) of one stroke-weight variant of S. 1.0 and
     # stroke_variants=False give the paper's plain schedule.

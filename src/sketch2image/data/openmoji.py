@@ -102,7 +102,7 @@ def _local(tag: Any) -> str:
 
 
 def _line_only(root: StdET.Element, svg_path: Path) -> StdET.Element:
-    """Copy of the SVG tree holding only the ``line`` group (with its ancestors) and any ``<defs>``."""
+    """Prune root (a copy) in place to the ``line`` group, its ancestors and any ``<defs>``: the line art alone."""
     line = next((e for e in root.iter() if e.get("id") == "line"), None)
     if line is None:
         raise InputError(f'{svg_path}: SVG has no line group (<g id="line">)')

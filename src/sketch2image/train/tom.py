@@ -161,7 +161,7 @@ class TOMTrainer:
             "loss_d": loss_d.item(),
             "loss_adv": loss_adv.item(),
             "loss_feat": loss_feat.item(),
-            "loss_gram": float(loss_gram),
+            "loss_gram": float(loss_gram.detach()),
             "d_fake": fake_logits.mean().item(),
         }
 
@@ -259,7 +259,8 @@ def train_tom(
     loader = acc.prepare(
         DataLoader(dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=True)
     )
-    fixed = torch.stack([dataset[i]["image"] for i in range(min(8, len(dataset)))]).to(acc.device)
+    spread = torch.linspace(0, len(dataset) - 1, min(8, len(dataset))).long().tolist()  # a varied sample set
+    fixed = torch.stack([dataset[i]["image"] for i in spread]).to(acc.device)
     logger = JsonlLog(run_dir / "log.jsonl", acc.is_main_process)
     snap_steps = cfg.snapshot_steps()
     bar = tqdm(total=cfg.steps, initial=start, desc="TOM", disable=not (progress and acc.is_main_process))

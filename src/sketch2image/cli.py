@@ -1,0 +1,127 @@
+"""``s2i``: one command, subcommands grouped by job (data, tom, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sketch2image import __version__
+from sketch2image.errors import S2IError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump), like every other s2i error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _cmd_data_openmoji(args: argparse.Namespace) -> None:
+    from sketch2image.data.openmoji import render_openmoji
+
+    manifest = render_openmoji(args.out, args.size, n_sketches=args.sketches, test_fraction=args.test_fraction,
+                               seed=args.seed, limit=args.limit, workers=args.workers)  # fmt: skip
+    print(f"OpenMoji rendered at {args.size}px: {manifest}")
+
+
+def _tom_config(args: argparse.Namespace):
+    from sketch2image.configs import TOMConfig, apply_overrides
+
+    cfg = TOMConfig()
+    sets = list(args.set or [])
+    for key in ("size", "steps", "batch_size", "snapshots", "seed"):
+        val = getattr(args, key, None)
+        if val is not None:
+            sets.append(f"{key}={val}")
+    return apply_overrides(cfg, sets)
+
+
+def _cmd_tom_train(args: argparse.Namespace) -> None:
+    from sketch2image.train.tom import train_tom
+
+    run = train_tom(_tom_config(args), Path(args.images), Path(args.sketches), Path(args.out), resume=args.resume)
+    print(f"TOM run: {run} (snapshots in {run / 'snapshots'}, samples in {run / 'samples'})")
+
+
+def _cmd_tom_sketch(args: argparse.Namespace) -> None:
+    from sketch2image.sketcher import sketch_folder
+
+    manifest = sketch_folder(Path(args.run), Path(args.images), Path(args.out), size=args.size,
+                             batch_size=args.batch_size, threshold=args.binarize, device=args.device)  # fmt: skip
+    print(f"sketches and manifest: {manifest}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from sketch2image.demo import run_demo
+
+    figure = run_demo(Path(args.out), fast=args.fast, size=args.size)
+    print(f"demo figure: {figure}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="s2i", description="Self-supervised sketch-to-image synthesis.")
+    p.add_argument("--version", action="version", version=f"sketch2image {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    jobs = p.add_subparsers(dest="job", required=True, parser_class=_Parser)
+
+    data = jobs.add_parser("data", help="built-in datasets").add_subparsers(dest="what", required=True)
+    om = data.add_parser("openmoji", help="render OpenMoji colour images + their line art")
+    om.add_argument("--out", required=True, help="output folder")
+    om.add_argument("--size", type=int, default=128)
+    om.add_argument("--sketches", type=int, default=60, help="line drawings in the real-sketch set S")
+    om.add_argument("--test-fraction", type=float, default=0.1)
+    om.add_argument("--seed", type=int, default=0)
+    om.add_argument("--limit", type=int, default=None, help="only the first N emojis (quick tries)")
+    om.add_argument("--workers", type=int, default=2)
+    om.set_defaults(func=_cmd_data_openmoji)
+
+    tom = jobs.add_parser("tom", help="stage 1: sketch synthesis").add_subparsers(dest="what", required=True)
+    tr = tom.add_parser("train", help="train TOM on an image folder and a few real sketches")
+    tr.add_argument("--images", required=True, help="folder of RGB images (recursive)")
+    tr.add_argument("--sketches", required=True, help="folder of real line drawings (20-60 is plenty)")
+    tr.add_argument("--out", required=True, help="run folder")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    tr.add_argument("--size", type=int)
+    tr.add_argument("--steps", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--snapshots", type=int, help="K generator snapshots = K sketches per image")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TOMConfig field, e.g. --set w_gram=0.1")
+    tr.set_defaults(func=_cmd_tom_train)
+
+    sk = tom.add_parser("sketch", help="render every snapshot's sketch for every image of a folder")
+    sk.add_argument("--run", required=True, help="TOM run folder")
+    sk.add_argument("--images", required=True)
+    sk.add_argument("--out", required=True)
+    sk.add_argument("--size", type=int, help="default: the run's training size")
+    sk.add_argument("--batch-size", type=int, default=8)
+    sk.add_argument("--binarize", type=float, default=None, metavar="T", help="threshold to pure black/white lines")
+    sk.add_argument("--device", default="cpu")
+    sk.set_defaults(func=_cmd_tom_sketch)
+
+    demo = jobs.add_parser("demo", help="offline end-to-end demo on the built-in OpenMoji data")
+    demo.add_argument("--out", default="s2i-demo", help="demo folder (resumable)")
+    demo.add_argument("--fast", action="store_true", help="a ~2-minute smoke version")
+    demo.add_argument("--size", type=int, default=None)
+    demo.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    logging.getLogger("sketch2image").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        args.func(args)
+    except S2IError as e:
+        print(f"s2i: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permission denied, ...: the user can act on these
+        print(f"s2i: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("s2i: interrupted", file=sys.stderr)
+        return 130
+    return 0

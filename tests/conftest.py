@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny image folders and configs so the whole suite runs on a CPU in minutes."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from sketch2image.configs import TOMConfig
+
+
+def _shapes(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> None:
+    rng = random.Random(seed)
+    img = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
+    d = ImageDraw.Draw(img)
+    for _ in range(3):
+        x, y = rng.randrange(size[0] - 10), rng.randrange(size[1] - 10)
+        d.ellipse(
+            (x, y, x + rng.randrange(5, 20), y + rng.randrange(5, 20)), fill=tuple(rng.randrange(256) for _ in range(3))
+        )
+    img.save(path)
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    for i in range(5):
+        _shapes(root / f"img{i}.png", i)
+    _shapes(root / "sub" / "nested.jpg", 99)
+    return root
+
+
+@pytest.fixture
+def sketch_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "sketches"
+    root.mkdir()
+    for i in range(4):
+        img = Image.new("L", (40, 40), 255)
+        d = ImageDraw.Draw(img)
+        d.line((0, i * 5, 40, 40 - i * 5), fill=0, width=2)
+        d.ellipse((10, 10, 30, 30), outline=0, width=1 + i)
+        img.save(root / f"s{i}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_tom() -> TOMConfig:
+    torch.manual_seed(0)
+    return TOMConfig(
+        size=32,
+        g_width=8,
+        g_max_width=16,
+        d_forms=8,
+        d_hidden=16,
+        batch_size=2,
+        steps=4,
+        warmup=2,
+        snapshot_every=1,
+        snapshots=3,
+        sample_every=2,
+        checkpoint_every=2,
+        log_every=1,
+    )

@@ -1,0 +1,83 @@
+import subprocess
+import sys
+
+import pytest
+
+from sketch2image.cli import main
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "sketch2image", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["tom", "train", "--images", "/no/such/dir", "--sketches", "/no/such", "--out", "OUT"], "/no/such/dir"),
+        (["tom", "sketch", "--run", "/no/run", "--images", ".", "--out", "OUT"], "/no/run"),
+        (["tom", "train", "--images", ".", "--sketches", ".", "--out", "OUT", "--set", "bogus=1"], "bogus"),
+        (["tom", "train", "--images", ".", "--sketches", ".", "--out", "OUT", "--size", "30"], "multiple of 16"),
+        (["tom", "train", "--images", "."], "--sketches"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, args, needle):
+    args = [str(tmp_path / a) if a == "OUT" else a for a in args]
+    r = _run(*args)
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_cli_bad_image_folder_in_process(tmp_path, capsys, sketch_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main(["tom", "train", "--images", str(empty), "--sketches", str(sketch_dir), "--out", str(tmp_path / "r")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(empty) in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_train_then_sketch(tmp_path, image_dir, sketch_dir):
+    run = tmp_path / "run"
+    common = [
+        "--set",
+        "g_width=8",
+        "--set",
+        "g_max_width=16",
+        "--set",
+        "d_forms=8",
+        "--set",
+        "d_hidden=16",
+        "--set",
+        "warmup=1",
+        "--set",
+        "snapshot_every=1",
+    ]
+    rc = main(
+        [
+            "tom",
+            "train",
+            "--images",
+            str(image_dir),
+            "--sketches",
+            str(sketch_dir),
+            "--out",
+            str(run),
+            "--size",
+            "32",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--snapshots",
+            "2",
+            *common,
+        ]
+    )
+    assert rc == 0
+    rc = main(["tom", "sketch", "--run", str(run), "--images", str(image_dir), "--out", str(tmp_path / "sk")])
+    assert rc == 0
+    assert len(list((tmp_path / "sk" / "s01").rglob("*.png"))) == 6
