@@ -22,8 +22,8 @@ from sketch2image.train.tom import train_tom
 
 # The quick preset: 128 px as in the target, ~10 minutes of TOM on 2 CPU cores.
 DEMO_TOM = TOMConfig()
-FAST_TOM = replace(TOMConfig(), size=64, steps=60, warmup=30, snapshot_every=3, snapshots=10, sample_every=30,
-                   checkpoint_every=30)  # fmt: skip
+FAST_TOM = replace(TOMConfig(), size=64, steps=150, warmup=60, snapshot_every=10, snapshots=10, sample_every=50,
+                   checkpoint_every=50)  # fmt: skip
 
 
 def tom_figure(run: Path, data: Path, out: Path, n: int = 6, columns: tuple[int, ...] = (0, 4, 9)) -> Path:
@@ -31,7 +31,8 @@ def tom_figure(run: Path, data: Path, out: Path, n: int = 6, columns: tuple[int,
     manifest = json.loads((data / "manifest.json").read_text())
     sketcher = TOMSketcher.from_pretrained(run)
     size = sketcher.cfg.size
-    ids = manifest["ids"]["test"][:n]
+    test = manifest["ids"]["test"]
+    ids = [test[int(i)] for i in torch.linspace(0, len(test) - 1, min(n, len(test)))]  # spread over the set
     load = lambda sub, i: to_tensor(resize_square(open_rgb(data / sub / "test" / f"{i}.png"), size))  # noqa: E731
     images = torch.stack([load("images", i) for i in ids])
     lines = torch.stack([load("lines", i) for i in ids])
