@@ -22,8 +22,9 @@ from sketch2image.train.tom import train_tom
 
 # The quick preset: 128 px as in the target, ~10 minutes of TOM on 2 CPU cores.
 DEMO_TOM = TOMConfig()
-FAST_TOM = replace(TOMConfig(), size=64, steps=150, warmup=60, snapshot_every=10, snapshots=10, sample_every=50,
-                   checkpoint_every=50)  # fmt: skip
+FAST_TOM = replace(
+    TOMConfig(), size=64, steps=150, warmup=60, snapshot_every=10, snapshots=10, sample_every=50, checkpoint_every=50
+)
 
 
 def tom_figure(run: Path, data: Path, out: Path, n: int = 6, columns: tuple[int, ...] = (0, 4, 9)) -> Path:
