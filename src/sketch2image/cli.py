@@ -1,4 +1,4 @@
-"""``s2i``: one command, subcommands grouped by job (data, tom, demo)."""
+"""``s2i``: one command, subcommands grouped by job (data, tom, ae, demo)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,31 @@ def _cmd_tom_sketch(args: argparse.Namespace) -> None:
     print(f"sketches and manifest: {manifest}")
 
 
+def _cmd_ae_train(args: argparse.Namespace) -> None:
+    from sketch2image.configs import AEConfig, apply_overrides
+    from sketch2image.train.ae import train_ae
+
+    sets = list(args.set or [])
+    for key in ("steps", "batch_size", "seed"):
+        if getattr(args, key) is not None:
+            sets.append(f"{key}={getattr(args, key)}")
+    cfg = apply_overrides(AEConfig.preset(args.preset), sets)
+    run = train_ae(cfg, Path(args.data), Path(args.out), resume=args.resume)
+    print(f"AE run: {run} (model in {run / 'model'}, samples in {run / 'samples'})")
+
+
+def _cmd_ae_recon(args: argparse.Namespace) -> None:
+    import json
+
+    from sketch2image.ae_eval import paired_reconstruction
+    from sketch2image.train.ae import from_pretrained
+
+    result = paired_reconstruction(from_pretrained(args.model, args.device), Path(args.images), Path(args.sketches))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from sketch2image.demo import run_demo
 
@@ -100,6 +125,30 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--binarize", type=float, default=None, metavar="T", help="threshold to pure black/white lines")
     sk.add_argument("--device", default="cpu")
     sk.set_defaults(func=_cmd_tom_sketch)
+
+    ae = jobs.add_parser("ae", help="stage 2: self-supervised auto-encoder").add_subparsers(dest="what", required=True)
+    at = ae.add_parser("train", help="train the auto-encoder on a sketch manifest from `s2i tom sketch`")
+    at.add_argument("--data", required=True, help="manifest.json written by `s2i tom sketch`")
+    at.add_argument("--out", required=True, help="run folder")
+    at.add_argument("--preset", type=int, default=64, help="resolution preset: 64, 128, 256, 512 or 1024")
+    at.add_argument("--resume", action="store_true")
+    at.add_argument("--steps", type=int)
+    at.add_argument("--batch-size", type=int)
+    at.add_argument("--seed", type=int)
+    at.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any AEConfig field, e.g. --set dmi=sketch --set w_style_cls=0",
+    )
+    at.set_defaults(func=_cmd_ae_train)
+    ar = ae.add_parser("recon", help="paired reconstruction error on held-out images and their own sketches")
+    ar.add_argument("--model", required=True, help="AE run folder or model folder")
+    ar.add_argument("--images", required=True)
+    ar.add_argument("--sketches", required=True, help="folder with a sketch per image, same relative names")
+    ar.add_argument("--json", help="also write the result here")
+    ar.add_argument("--device", default="cpu")
+    ar.set_defaults(func=_cmd_ae_recon)
 
     demo = jobs.add_parser("demo", help="offline end-to-end demo on the built-in OpenMoji data")
     demo.add_argument("--out", default="s2i-demo", help="demo folder (resumable)")

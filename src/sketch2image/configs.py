@@ -141,3 +141,89 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
         return from_dict(type(cfg), data, "command line")
     except CheckpointError as e:
         raise S2IError(str(e)) from e
+
+
+# Width per resolution preset: channels at full resolution; they double per halving, capped at 512.
+AE_PRESETS: dict[int, dict[str, int]] = {
+    64: {"width": 32},
+    128: {"width": 32},
+    256: {"width": 16},
+    512: {"width": 16},
+    1024: {"width": 8},
+}
+
+
+@dataclass
+class AEConfig:
+    """Stage 2: the self-supervised auto-encoder (paper §4.1, appendix A). Defaults: the 64 px preset."""
+
+    size: int = 64
+    width: int = 32  # decoder/encoder channels at full resolution (doubling per halving, <= max_width)
+    max_width: int = 512
+    style_dim: int = 512
+    content_res: int = 8  # bottleneck resolution of the content map (paper: 512 x 8 x 8)
+    dmi: str = "feature"  # none | sketch | feature
+    style_injection: str = "mul"  # mul (simplified AdaIN) | add | adain
+    style_min_res: int = 8  # style is injected on decoder layers at this resolution and above
+    # Loss weights; 0 switches a term off (the vanilla AE has only w_rec).
+    w_rec: float = 1.0
+    w_perceptual: float = 0.0  # optional VGG perceptual term, off in the paper-faithful preset
+    w_style_triplet: float = 1.0
+    w_content_triplet: float = 1.0
+    w_style_cls: float = 1.0
+    w_content_mi: float = 1.0
+    style_margin: float = 0.5  # α, on cosine similarities
+    content_margin: float = 0.5  # β, on mean-squared distances of standardised content maps
+    cls_k: int = 256  # images per momentum-classification subset (500-2000 at full scale)
+    cls_every: int = 500  # new subset + relabel + fresh head every M iterations
+    # Augmentation of the style input (batched affine warp) and of the sketch input (masking).
+    aug_max_rotate: float = 15.0
+    aug_min_scale: float = 0.8
+    aug_max_scale: float = 1.2
+    aug_max_shift: float = 0.15
+    mask_regions: int = 4
+    mask_max_frac: float = 0.2
+    thicken_p: float = 0.25
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 16
+    steps: int = 2000
+    seed: int = 0
+    sample_every: int = 200
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    tensorboard: bool = False
+    mixed_precision: str = "no"
+
+    def validate(self) -> None:
+        problems = []
+        if self.dmi not in ("none", "sketch", "feature"):
+            problems.append(f"dmi {self.dmi!r} must be none, sketch or feature")
+        if self.style_injection not in ("mul", "add", "adain"):
+            problems.append(f"style_injection {self.style_injection!r} must be mul, add or adain")
+        if self.size < 2 * self.content_res or self.size & (self.size - 1) or self.content_res & (self.content_res - 1):
+            problems.append(f"size {self.size} and content_res {self.content_res} must be powers of two, size >= 2x")
+        if self.cls_k < 2 or self.cls_every < 1 or self.batch_size < 2:
+            problems.append("cls_k and batch_size must be >= 2, cls_every >= 1")
+        if any(
+            w < 0
+            for w in (
+                self.w_rec,
+                self.w_perceptual,
+                self.w_style_triplet,
+                self.w_content_triplet,
+                self.w_style_cls,
+                self.w_content_mi,
+            )
+        ):
+            problems.append("loss weights must be >= 0")
+        if problems:
+            raise S2IError("invalid AE config: " + "; ".join(problems))
+
+    @classmethod
+    def preset(cls, size: int, **overrides: Any) -> AEConfig:
+        if size not in AE_PRESETS:
+            raise S2IError(f"no AE preset for {size}px; presets: {sorted(AE_PRESETS)}")
+        return cls(size=size, **{**AE_PRESETS[size], **overrides})

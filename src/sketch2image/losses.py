@@ -50,3 +50,33 @@ def g_adv_loss(fake: torch.Tensor, kind: str = "bce") -> torch.Tensor:
     if kind == "hinge":
         return -fake.mean()
     raise ValueError(f"unknown GAN loss {kind!r}")
+
+
+# --- self-supervised auto-encoder (paper §4.1) -------------------------------------------------
+
+
+def style_triplet(f_t: torch.Tensor, f_org: torch.Tensor, f_neg: torch.Tensor, margin: float) -> torch.Tensor:
+    """``max(cos(f_t, f_neg) − cos(f_t, f_org) + α, 0)``: an augmented view's style is pulled to its own
+    image's and pushed from another image's (the intent of paper Eq. 7, whose signs are swapped)."""
+    pos = F.cosine_similarity(f_t, f_org, dim=1)
+    neg = F.cosine_similarity(f_t, f_neg, dim=1)
+    return F.relu(neg - pos + margin).mean()
+
+
+def standardise(f: torch.Tensor) -> torch.Tensor:
+    """Per-sample zero mean, unit variance, so a distance margin means the same at any feature scale."""
+    flat = f.flatten(1)
+    return (flat - flat.mean(1, keepdim=True)) / (flat.std(1, keepdim=True) + 1e-5)
+
+
+def content_triplet(f_t: torch.Tensor, f_pos: torch.Tensor, f_neg: torch.Tensor, margin: float) -> torch.Tensor:
+    """``max(d(f_t, f_pos) − d(f_t, f_neg) + β, 0)`` with d the mean-squared distance of standardised maps
+    (paper Eq. 10): sketches of one image close, a sketch of another image far."""
+    a, p, n = standardise(f_t), standardise(f_pos), standardise(f_neg)
+    return F.relu((a - p).pow(2).mean(1) - (a - n).pow(2).mean(1) + margin).mean()
+
+
+def uniform_prediction_loss(logits: torch.Tensor) -> torch.Tensor:
+    """``‖softmax(logits) − 1/k‖²`` (paper Eq. 9): the content must not predict the style class."""
+    p = logits.softmax(dim=1)
+    return (p - 1.0 / logits.shape[1]).pow(2).sum(1).mean()

@@ -1,0 +1,120 @@
+"""The paired dataset of stages 2–3: every image with its K TOM sketches, joined by stable id.
+
+Read from the manifest that ``s2i tom sketch`` writes. Images and sketches are decoded once
+into uint8 tensors in memory (a pre-rendered cache: the training step then only indexes and
+augments on device). An image whose sketches are missing is reported and left out, never
+silently dropped or re-paired by position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sketch2image.data.images import open_rgb, resize_square
+from sketch2image.errors import InputError
+
+log = logging.getLogger("sketch2image")
+SKETCH_MANIFEST_FORMAT = "sketch2image.sketches/1"
+
+
+def open_sketch(path: Path, size: int) -> np.ndarray:
+    """A sketch as (size, size) uint8 grey, white background."""
+    return np.asarray(resize_square(open_rgb(path), size).convert("L"), dtype=np.uint8)
+
+
+@dataclass
+class PairedData:
+    ids: list[str]
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    sketches: torch.Tensor  # (N, K, S, S) uint8
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def k(self) -> int:
+        return self.sketches.shape[1]
+
+    def batch(self, index: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Float images (B, 3, S, S) and all K sketches (B, K, 1, S, S), in [0, 1]."""
+        index = index.cpu()
+        images = self.images[index].to(device, non_blocking=True).float().div_(255)
+        sketches = self.sketches[index].to(device, non_blocking=True).float().div_(255).unsqueeze(2)
+        return images, sketches
+
+    @classmethod
+    def from_manifest(cls, manifest: str | Path, size: int, *, progress: bool = True, workers: int = 4) -> PairedData:
+        manifest = Path(manifest)
+        try:
+            data = json.loads(manifest.read_text())
+        except FileNotFoundError as e:
+            raise InputError(f"{manifest}: sketch manifest not found (make one with `s2i tom sketch`)") from e
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"{manifest}: unreadable sketch manifest ({e})") from e
+        if not isinstance(data, dict) or data.get("format") != SKETCH_MANIFEST_FORMAT:
+            raise InputError(f"{manifest}: not a sketch manifest (expected format {SKETCH_MANIFEST_FORMAT})")
+        root, base = Path(data["images_root"]), manifest.parent
+        items, problems = [], 0
+        k = max((len(it.get("sketches", [])) for it in data["items"]), default=0)
+        for it in data["items"]:
+            image = root / it["image"]
+            sketches = [base / s for s in it.get("sketches", [])]
+            missing = [p for p in [image, *sketches] if not p.is_file()]
+            if not sketches or len(sketches) < k or missing:
+                why = "has no sketches" if not sketches else f"missing {', '.join(map(str, missing[:3]))}"
+                if sketches and len(sketches) < k and not missing:
+                    why = f"has {len(sketches)} of {k} sketches"
+                log.warning("%s: item %s %s; left out", manifest, it["id"], why)
+                problems += 1
+                continue
+            items.append((it["id"], image, sketches))
+        if problems:
+            log.warning("%s: left out %d of %d items (see warnings above)", manifest, problems, len(data["items"]))
+        if not items:
+            raise InputError(f"{manifest}: no complete image+sketch pairs")
+
+        def load(item):
+            _, image, sketches = item
+            img = np.asarray(resize_square(open_rgb(image), size), dtype=np.uint8).transpose(2, 0, 1)
+            return img, np.stack([open_sketch(s, size) for s in sketches])
+
+        with ThreadPoolExecutor(workers) as pool:
+            loaded = list(
+                tqdm(
+                    pool.map(load, items),
+                    total=len(items),
+                    desc="loading pairs",
+                    disable=not progress or len(items) < 200,
+                )
+            )
+        images = torch.from_numpy(np.stack([a for a, _ in loaded]))
+        sketches = torch.from_numpy(np.stack([b for _, b in loaded]))
+        return cls([i for i, _, _ in items], images, sketches)
+
+
+def load_pairs_by_id(images: Path, sketches: Path, size: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Two folders whose files share ids (e.g. held-out images and their real line art) → matched tensors."""
+    from sketch2image.data.images import ImageFolder
+
+    imgs = ImageFolder(images, size, progress=False)
+    skts = ImageFolder(sketches, size, progress=False)
+    common = sorted(set(imgs.ids) & set(skts.ids))
+    if not common:
+        raise InputError(f"{images} and {sketches}: no file ids in common (pairs are matched by relative name)")
+    ii = {s: n for n, s in enumerate(imgs.ids)}
+    si = {s: n for n, s in enumerate(skts.ids)}
+    x = torch.stack([imgs[ii[s]]["image"] for s in common])
+    y = torch.stack([skts[si[s]]["image"] for s in common])
+    grey = (0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2]).unsqueeze(1)
+    return common, x, grey
+
+
+__all__ = ["PairedData", "load_pairs_by_id", "open_sketch"]

@@ -1,0 +1,145 @@
+"""Stage 2 networks (paper §4.1): style encoder, content encoder, decoder G1.
+
+Data path: ``E_style(RGB) → f_style (512)``; ``E_content(sketch) → f_content (512×8×8)`` plus
+its higher-resolution maps; ``G1`` upsamples ``f_content``, on each level injects the content
+(Feat-DMI: content maps as per-channel soft masks) and the style (channel-wise gate).
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+
+import torch
+from torch import nn
+
+from sketch2image.configs import AEConfig
+from sketch2image.nets.blocks import ConvBlock, DualMaskInjection, StyleInjection
+
+
+def channels(cfg: AEConfig, res: int) -> int:
+    """Channels at a given resolution: ``width`` at full size, doubling per halving, capped."""
+    return min(cfg.max_width, cfg.width * (cfg.size // res))
+
+
+def resolutions(cfg: AEConfig) -> list[int]:
+    """Feature resolutions from full size down to the content bottleneck."""
+    n = int(math.log2(cfg.size // cfg.content_res))
+    return [cfg.size // 2**i for i in range(n + 1)]
+
+
+class ContentEncoder(nn.Module):
+    """Sketch (1 channel) → content maps at every resolution; the last is ``f_content``."""
+
+    def __init__(self, cfg: AEConfig) -> None:
+        super().__init__()
+        res = resolutions(cfg)
+        self.stem = ConvBlock(1, channels(cfg, res[0]))
+        self.down = nn.ModuleList(ConvBlock(channels(cfg, a), channels(cfg, b), down=True) for a, b in pairwise(res))
+        self.out = nn.Conv2d(channels(cfg, res[-1]), cfg.style_dim, 1)  # f_content has style_dim channels
+
+    def forward(self, sketch: torch.Tensor) -> list[torch.Tensor]:
+        h = self.stem(sketch)
+        maps = [h]
+        for block in self.down:
+            h = block(h)
+            maps.append(h)
+        maps[-1] = self.out(h)
+        return maps  # full resolution first, f_content last
+
+
+class StyleEncoder(nn.Module):
+    """RGB → style vector: a conv pyramid, global average pooling, a linear layer."""
+
+    def __init__(self, cfg: AEConfig) -> None:
+        super().__init__()
+        res = resolutions(cfg)
+        res = res + [res[-1] // 2] if res[-1] >= 8 else res  # one level deeper: style is global
+        self.stem = ConvBlock(3, channels(cfg, res[0]))
+        self.down = nn.Sequential(*(ConvBlock(channels(cfg, a), channels(cfg, b), down=True) for a, b in pairwise(res)))
+        self.fc = nn.Linear(channels(cfg, res[-1]), cfg.style_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.down(self.stem(image)).mean(dim=(2, 3)))
+
+
+class Decoder(nn.Module):
+    """G1: ``f_content`` → RGB, with DMI content injection and style injection per level."""
+
+    def __init__(self, cfg: AEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        res = resolutions(cfg)[::-1]  # bottleneck first
+        self.inp = ConvBlock(cfg.style_dim, channels(cfg, res[0]))
+        self.up = nn.ModuleList(
+            nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"), ConvBlock(channels(cfg, a), channels(cfg, b)))
+            for a, b in pairwise(res)
+        )
+        self.level_res = res
+        self.dmi = nn.ModuleList(
+            DualMaskInjection(channels(cfg, r)) if cfg.dmi != "none" and i > 0 else nn.Identity()
+            for i, r in enumerate(res)
+        )
+        self.style = nn.ModuleList(
+            StyleInjection(cfg.style_dim, channels(cfg, r), cfg.style_injection) if r >= cfg.style_min_res else None
+            for r in res
+        )
+        self.to_rgb = nn.Conv2d(channels(cfg, res[-1]), 3, 3, padding=1)
+
+    def forward(self, content: list[torch.Tensor], style: torch.Tensor, sketch: torch.Tensor | None = None):
+        maps = content[::-1]  # bottleneck first, aligned with self.level_res
+        h = self.inp(maps[0])
+        for i in range(len(self.level_res)):
+            if i > 0:
+                h = self.up[i - 1](h)
+                if self.cfg.dmi == "feature":
+                    h = self.dmi[i](h, torch.sigmoid(maps[i]))
+                elif self.cfg.dmi == "sketch":
+                    h = self.dmi[i](h, 1 - sketch)  # lines (dark) → mask 1
+            if self.style[i] is not None:
+                h = self.style[i](h, style)
+        return torch.tanh(self.to_rgb(h)) * 0.5 + 0.5
+
+
+class SketchAutoEncoder(nn.Module):
+    """The three trainable parts together; ``forward(sketch, style_image)`` → image in [0, 1]."""
+
+    def __init__(self, cfg: AEConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.style_encoder = StyleEncoder(cfg)
+        self.content_encoder = ContentEncoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def forward(
+        self,
+        sketch: torch.Tensor,
+        style_image: torch.Tensor,
+        *,
+        original: torch.Tensor | None = None,
+        other_sketch: torch.Tensor | None = None,
+        features: bool = False,
+    ):
+        """Image in [0, 1]; with ``features`` a dict with what the self-supervised losses need too.
+
+        Training goes through this one forward (not the sub-modules) so that a DDP wrapper sees it.
+        """
+        f_style = self.style_encoder(style_image)
+        content = self.content_encoder(sketch)
+        out = self.decoder(content, f_style, sketch)
+        if not features:
+            return out
+        return {
+            "out": out,
+            "f_style": f_style,
+            "content": content,
+            "f_org": self.style_encoder(original) if original is not None else None,
+            "f_pos": self.content_encoder(other_sketch)[-1] if other_sketch is not None else None,
+        }
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {
+            name: sum(p.numel() for p in m.parameters())
+            for name, m in (("E_style", self.style_encoder), ("E_content", self.content_encoder), ("G1", self.decoder))
+        }

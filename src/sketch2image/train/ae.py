@@ -1,0 +1,293 @@
+"""Training loop for the self-supervised auto-encoder (paper §4.1, appendix A.1).
+
+One step: augment the style input (affine warp) and two of the image's K sketches (masking,
+thickening); reconstruct the untouched image from (augmented style, sketch); add the style
+triplet, content triplet, momentum style classification and content MI terms, each switchable
+by its weight. The classifier head works on a subset of ``cls_k`` images that is redrawn,
+relabelled and re-initialised every ``cls_every`` steps; batches are drawn from that subset.
+
+Writes a run folder: ``config.json``, ``model/`` (save_pretrained), ``checkpoints/``,
+``samples/``, ``log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from sketch2image.configs import AEConfig, load_config, to_dict
+from sketch2image.data.augment import mask_regions, random_affine, thicken
+from sketch2image.data.paired import PairedData
+from sketch2image.errors import CheckpointError, S2IError
+from sketch2image.losses import content_triplet, style_triplet, uniform_prediction_loss
+from sketch2image.nets.autoencoder import SketchAutoEncoder
+from sketch2image.train import checkpoint as ckpt
+from sketch2image.train.common import JsonlLog, prepare_run_dir, save_grid, seed_everything
+
+log = logging.getLogger("sketch2image")
+MODEL_FORMAT = "sketch2image.autoencoder/1"
+
+
+def save_pretrained(model: SketchAutoEncoder, directory: Path) -> Path:
+    """``config.json`` + ``model.safetensors``: everything needed to rebuild the model."""
+    directory = Path(directory)
+    ckpt.atomic_save_safetensors(model.state_dict(), directory / "model.safetensors", {"format": MODEL_FORMAT})
+    ckpt.atomic_write_json(directory / "config.json", to_dict(model.cfg))
+    return directory
+
+
+def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> SketchAutoEncoder:
+    directory = Path(directory)
+    if (directory / "model").is_dir() and not (directory / "model.safetensors").exists():
+        directory = directory / "model"  # a run folder
+    cfg = load_config(AEConfig, directory / "config.json")
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: auto-encoder weights missing")
+    model = SketchAutoEncoder(cfg)
+    ckpt.load_module("ae", model, {f"ae.{k}": v for k, v in ckpt.load_safetensors(weights).items()}, str(weights))
+    return model.to(device).eval()
+
+
+class AETrainer:
+    """Networks, optimisers, the momentum-classifier state, and one training step."""
+
+    def __init__(self, cfg: AEConfig, n_images: int, accelerator: Accelerator, vgg: nn.Module | None = None):
+        cfg.validate()
+        self.cfg, self.acc, self.n = cfg, accelerator, n_images
+        self.k = min(cfg.cls_k, n_images)
+        if cfg.w_style_cls or cfg.w_content_mi:
+            if self.k < cfg.batch_size:
+                raise S2IError(
+                    f"momentum classification needs cls_k >= batch_size; got {self.k} images per subset "
+                    f"for batch {cfg.batch_size}"
+                )
+        model = SketchAutoEncoder(cfg)
+        head = nn.Linear(cfg.style_dim, self.k)
+        opt = torch.optim.Adam(model.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        opt_head = torch.optim.Adam(head.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.model, self.head, self.opt, self.opt_head = accelerator.prepare(model, head, opt, opt_head)
+        self.vgg = vgg
+        self.round = -1
+        self.subset = torch.arange(self.k)
+        # Same subset on every rank (seeded by round); batches differ per rank.
+        self.data_gen = torch.Generator().manual_seed(cfg.seed * 7 + 1 + accelerator.process_index)
+        self.aug_gen = torch.Generator().manual_seed(cfg.seed * 7 + 2 + accelerator.process_index)
+
+    @property
+    def uses_classes(self) -> bool:
+        return bool(self.cfg.w_style_cls or self.cfg.w_content_mi)
+
+    def start_round(self, round_: int) -> None:
+        """New subset of k images, labels = their position in it, fresh head and head optimiser."""
+        self.round = round_
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + round_)
+        self.subset = torch.randperm(self.n, generator=g)[: self.k]
+        head = self.acc.unwrap_model(self.head)
+        with torch.no_grad():
+            bound = 1 / math.sqrt(head.in_features)
+            head.weight.copy_(torch.rand(head.weight.shape, generator=g) * 2 * bound - bound)
+            head.bias.copy_(torch.rand(head.bias.shape, generator=g) * 2 * bound - bound)
+        self.opt_head.state.clear()
+
+    def sample(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dataset indices and class labels for the batch of ``step`` (1-based)."""
+        if self.uses_classes:
+            r = (step - 1) // self.cfg.cls_every
+            if r != self.round:
+                self.start_round(r)
+            pos = torch.randperm(self.k, generator=self.data_gen)[: self.cfg.batch_size]
+            return self.subset[pos], pos
+        idx = torch.randperm(self.n, generator=self.data_gen)[: self.cfg.batch_size]
+        return idx, torch.zeros_like(idx)
+
+    def losses(self, images: torch.Tensor, sketches: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every enabled loss term for one batch (images (B,3,S,S), sketches (B,K,1,S,S))."""
+        cfg, g = self.cfg, self.aug_gen
+        b, k = sketches.shape[:2]
+        style_in = random_affine(
+            images,
+            max_rotate=cfg.aug_max_rotate,
+            min_scale=cfg.aug_min_scale,
+            max_scale=cfg.aug_max_scale,
+            max_shift=cfg.aug_max_shift,
+            generator=g,
+        )
+        pick = torch.randint(k, (b,), generator=g)
+        other = (pick + torch.randint(1, max(k, 2), (b,), generator=g)) % k  # a different sketch when K > 1
+        rows = torch.arange(b)
+        skt_t = thicken(
+            mask_regions(
+                sketches[rows, pick.to(rows.device)], regions=cfg.mask_regions, max_frac=cfg.mask_max_frac, generator=g
+            ),
+            cfg.thicken_p,
+            generator=g,
+        )
+        skt_pos = None
+        if cfg.w_content_triplet:
+            skt_pos = mask_regions(
+                sketches[rows, other.to(rows.device)], regions=cfg.mask_regions, max_frac=cfg.mask_max_frac, generator=g
+            )
+        res = self.model(
+            skt_t, style_in, original=images if cfg.w_style_triplet else None, other_sketch=skt_pos, features=True
+        )
+        out, f_style, content = res["out"], res["f_style"], res["content"]
+        terms: dict[str, torch.Tensor] = {"rec": F.mse_loss(out, images)}
+        if cfg.w_perceptual:
+            layers = ["relu1_2", "relu2_2", "relu3_1"]
+            fo, fi = self.vgg(out, layers), self.vgg(images, layers)
+            terms["perceptual"] = sum(F.mse_loss(fo[n], fi[n]) for n in layers) / len(layers)
+        if cfg.w_style_triplet:
+            f_org = res["f_org"]
+            terms["style_triplet"] = style_triplet(f_style, f_org, f_org.roll(1, 0), cfg.style_margin)
+        if cfg.w_content_triplet:
+            f_pos = res["f_pos"]
+            terms["content_triplet"] = content_triplet(content[-1], f_pos, f_pos.roll(1, 0), cfg.content_margin)
+        if cfg.w_style_cls:
+            terms["style_cls"] = F.cross_entropy(self.head(f_style), labels)
+        if cfg.w_content_mi:
+            head = self.acc.unwrap_model(self.head)
+            pooled = content[-1].mean(dim=(2, 3))  # average-pooled to the style vector's size
+            terms["content_mi"] = uniform_prediction_loss(F.linear(pooled, head.weight.detach(), head.bias.detach()))
+        return terms
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = {
+            "rec": self.cfg.w_rec,
+            "perceptual": self.cfg.w_perceptual,
+            "style_triplet": self.cfg.w_style_triplet,
+            "content_triplet": self.cfg.w_content_triplet,
+            "style_cls": self.cfg.w_style_cls,
+            "content_mi": self.cfg.w_content_mi,
+        }
+        return sum(weights[name] * value for name, value in terms.items())
+
+    def step(self, data: PairedData, step: int) -> dict[str, float]:
+        idx, labels = self.sample(step)
+        images, sketches = data.batch(idx, self.acc.device)
+        self.model.train()
+        with self.acc.autocast():
+            terms = self.losses(images, sketches, labels.to(self.acc.device))
+            loss = self.total(terms)
+        self.opt.zero_grad(set_to_none=True)
+        self.opt_head.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        self.opt.step()
+        if self.cfg.w_style_cls:
+            self.opt_head.step()
+        return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+
+    @torch.no_grad()
+    def generate(self, sketches: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+        m = self.acc.unwrap_model(self.model)
+        m.eval()
+        out = m(sketches, styles)
+        m.train()
+        return out
+
+    # --- checkpoint state -------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {
+            **ckpt.module_tensors("ae", self.acc.unwrap_model(self.model)),
+            **ckpt.module_tensors("head", self.acc.unwrap_model(self.head)),
+            "subset": self.subset.clone(),
+            "data_gen": self.data_gen.get_state(),
+            "aug_gen": self.aug_gen.get_state(),
+        }
+        meta: dict = {"round": self.round}
+        for name, opt in (("opt", self.opt), ("opt_head", self.opt_head)):
+            t, meta[name] = ckpt.optimizer_state(name, opt)
+            tensors.update(t)
+        t, meta["rng"] = ckpt.rng_state()
+        tensors.update(t)
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
+        ckpt.load_module("ae", self.acc.unwrap_model(self.model), tensors, source)
+        ckpt.load_module("head", self.acc.unwrap_model(self.head), tensors, source)
+        ckpt.load_optimizer("opt", self.opt, tensors, meta["opt"])
+        ckpt.load_optimizer("opt_head", self.opt_head, tensors, meta["opt_head"])
+        self.subset, self.round = tensors["subset"], meta["round"]
+        self.data_gen.set_state(tensors["data_gen"])
+        self.aug_gen.set_state(tensors["aug_gen"])
+        ckpt.set_rng_state(tensors, meta["rng"])
+
+
+def sample_grid(trainer: AETrainer, data: PairedData, path: Path, n: int = 6) -> Path:
+    """Rows: sketch | its own image as style | output | a mismatched style | output."""
+    idx = torch.linspace(0, len(data) - 1, min(n, len(data))).long()
+    images, sketches = data.batch(idx, trainer.acc.device)
+    sk = sketches[:, 0]
+    other = images.roll(1, 0)
+    return save_grid(path, [sk, images, trainer.generate(sk, images), other, trainer.generate(sk, other)])
+
+
+def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = True, progress: bool = True) -> Path:
+    cfg.validate()
+    run_dir = Path(run_dir)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    data = PairedData.from_manifest(manifest, cfg.size, progress=progress and acc.is_main_process)
+    if acc.is_main_process:
+        prepare_run_dir(run_dir, cfg, resume)
+        ckpt.atomic_write_json(
+            run_dir / "run.json", {"data": str(Path(manifest).resolve()), "n_images": len(data), "k_sketches": data.k}
+        )
+    acc.wait_for_everyone()
+    seed_everything(cfg.seed)
+    vgg = None
+    if cfg.w_perceptual:
+        from sketch2image.nets.vgg import load_vgg
+
+        vgg = load_vgg().to(acc.device)
+    trainer = AETrainer(cfg, len(data), acc, vgg)
+    start = 0
+    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    if latest is not None:
+        tensors, meta = ckpt.load_checkpoint(latest)
+        trainer.load_state(tensors, meta, str(latest))
+        start = meta["step"]
+        log.info("resuming %s from step %d", run_dir, start)
+    if acc.is_main_process:
+        counts = acc.unwrap_model(trainer.model).parameter_counts()
+        print(
+            f"AE: {len(data)} images x {data.k} sketches, {cfg.size}px, "
+            + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+            + f" params; dmi={cfg.dmi}, style={cfg.style_injection}; steps {start}->{cfg.steps}"
+        )
+    logger = JsonlLog(run_dir / "log.jsonl", acc.is_main_process)
+    tb = _tensorboard(run_dir) if cfg.tensorboard and acc.is_main_process else None
+    bar = tqdm(total=cfg.steps, initial=start, desc="AE", disable=not (progress and acc.is_main_process))
+    for step in range(start + 1, cfg.steps + 1):
+        losses = trainer.step(data, step)
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            logger.write(step=step, **losses)
+            if tb is not None:
+                for k, v in losses.items():
+                    tb.add_scalar(f"ae/{k}", v, step)
+        if acc.is_main_process and (step % cfg.sample_every == 0 or step == cfg.steps):
+            sample_grid(trainer, data, run_dir / "samples" / f"step_{step:07d}.png")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            tensors, meta = trainer.state()
+            if acc.is_main_process:
+                ckpt.save_checkpoint(run_dir, step, tensors, {**meta, "config": to_dict(cfg)}, cfg.keep_checkpoints)
+                save_pretrained(acc.unwrap_model(trainer.model), run_dir / "model")
+    bar.close()
+    acc.wait_for_everyone()
+    return run_dir
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise S2IError("tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+    return SummaryWriter(str(run_dir / "tensorboard"))

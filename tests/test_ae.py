@@ -1,0 +1,286 @@
+import json
+import logging
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from sketch2image.configs import AEConfig
+from sketch2image.data.augment import mask_regions, random_affine, thicken
+from sketch2image.data.paired import PairedData
+from sketch2image.errors import InputError
+from sketch2image.losses import content_triplet, standardise, style_triplet, uniform_prediction_loss
+from sketch2image.nets.autoencoder import SketchAutoEncoder
+from sketch2image.nets.blocks import DualMaskInjection, StyleInjection
+from sketch2image.train.ae import AETrainer, from_pretrained, train_ae
+
+
+def tiny(**kw) -> AEConfig:
+    base = dict(
+        size=32,
+        width=8,
+        max_width=32,
+        style_dim=16,
+        content_res=8,
+        cls_k=8,
+        cls_every=5,
+        batch_size=4,
+        steps=4,
+        sample_every=2,
+        checkpoint_every=2,
+        log_every=1,
+    )
+    return AEConfig(**{**base, **kw})
+
+
+def fake_data(n=10, k=3, size=32) -> PairedData:
+    g = torch.Generator().manual_seed(0)
+    low = torch.rand(n, 3, 4, 4, generator=g)  # smooth colour fields, like real images
+    images = (torch.nn.functional.interpolate(low, size=size, mode="bilinear") * 255).to(torch.uint8)
+    sketches = torch.where(torch.rand(n, k, size, size, generator=g) < 0.1, 0, 255).to(torch.uint8)
+    return PairedData([f"id{i}" for i in range(n)], images, sketches)
+
+
+# --- losses: hand-computed values ---------------------------------------------------------------
+
+
+def test_style_triplet_values():
+    t = torch.tensor([[1.0, 0.0]])
+    same, orth, opposite = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[-1.0, 0.0]])
+    assert style_triplet(t, same, orth, 0.5).item() == pytest.approx(0.0)  # 0 - 1 + 0.5 < 0
+    assert style_triplet(t, orth, same, 0.5).item() == pytest.approx(1.5)  # 1 - 0 + 0.5
+    assert style_triplet(t, orth, opposite, 0.5).item() == pytest.approx(0.0)  # -1 - 0 + 0.5
+
+
+def test_content_triplet_and_standardise():
+    a = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    assert standardise(a).mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert standardise(a * 10 + 3).allclose(standardise(a), atol=1e-4)  # scale-free margin
+    neg = torch.tensor([[4.0, 3.0, 2.0, 1.0]])  # standardised: exactly -a
+    # d(a, a) = 0, d(a, -a) = mean((2 sa)^2) = 4 * var-normalised = 4*(n-1)/n with unbiased std
+    d_neg = (2 * standardise(a)).pow(2).mean().item()
+    assert content_triplet(a, a, neg, 0.5).item() == pytest.approx(max(0.0, 0 - d_neg + 0.5))
+    assert content_triplet(a, neg, a, 0.5).item() == pytest.approx(d_neg + 0.5, rel=1e-4)
+
+
+def test_uniform_prediction_loss_values():
+    assert uniform_prediction_loss(torch.zeros(2, 4)).item() == pytest.approx(0.0)
+    one_hot = torch.tensor([[100.0, 0.0, 0.0, 0.0]])
+    assert uniform_prediction_loss(one_hot).item() == pytest.approx(0.75**2 + 3 * 0.25**2, rel=1e-4)
+
+
+# --- which parameters each loss reaches ---------------------------------------------------------
+
+
+def _reached(trainer: AETrainer, term: str) -> set[str]:
+    data = fake_data()
+    idx, labels = trainer.sample(1)
+    images, sketches = data.batch(idx)
+    for p in list(trainer.model.parameters()) + list(trainer.head.parameters()):
+        p.grad = None
+    trainer.losses(images, sketches, labels)[term].backward()
+    parts = {"style_encoder": "E_style", "content_encoder": "E_content", "decoder": "G1"}
+    hit = set()
+    for name, p in trainer.model.named_parameters():
+        if p.grad is not None and p.grad.abs().sum() > 0:
+            hit.add(parts[name.split(".")[0]])
+    if any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.head.parameters()):
+        hit.add("head")
+    return hit
+
+
+@pytest.mark.parametrize(
+    "term, expected",
+    [
+        ("rec", {"E_style", "E_content", "G1"}),
+        ("style_triplet", {"E_style"}),
+        ("content_triplet", {"E_content"}),
+        ("style_cls", {"E_style", "head"}),
+        ("content_mi", {"E_content"}),  # never the head
+    ],
+)
+def test_gradient_reach(term, expected):
+    torch.manual_seed(0)
+    trainer = AETrainer(tiny(), 10, Accelerator(cpu=True))
+    assert _reached(trainer, term) == expected
+
+
+# --- the building blocks and the ablation switches -----------------------------------------------
+
+
+def test_dmi_is_identity_at_init_and_masks_split_the_map():
+    dmi = DualMaskInjection(3)
+    h, m = torch.randn(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+    assert torch.allclose(dmi(h, m), h, atol=1e-6)
+    with torch.no_grad():
+        dmi.a1.fill_(2.0)
+    assert torch.allclose(dmi(h, torch.ones_like(m)), 2 * h) and torch.allclose(dmi(h, torch.zeros_like(m)), h)
+
+
+def test_style_injection_variants():
+    s = torch.randn(2, 5)
+    h = torch.randn(2, 3, 4, 4)
+    for mode in ("mul", "add", "adain"):
+        inj = StyleInjection(5, 3, mode)
+        torch.nn.init.normal_(inj.proj.weight)
+        assert not torch.allclose(inj(h, s), inj(h, s.flip(0)))  # the style matters in every mode
+        if mode == "mul":
+            assert torch.equal(inj(torch.zeros_like(h), s), torch.zeros_like(h))  # a pure gate, no shift
+        if mode == "add":
+            assert torch.allclose(inj(h, s) - h, inj(torch.zeros_like(h), s))
+        if mode == "adain":
+            assert torch.allclose(inj(h * 3 + 1, s), inj(h, s), atol=1e-4)  # instance-normalised first
+
+
+def test_dmi_switch_changes_what_the_decoder_reads():
+    torch.manual_seed(0)
+    sk, st = (torch.rand(2, 1, 32, 32) > 0.9).float(), torch.rand(2, 3, 32, 32)
+    outs = {}
+    for dmi in ("none", "sketch", "feature"):
+        torch.manual_seed(1)
+        m = SketchAutoEncoder(tiny(dmi=dmi)).eval()
+        for mod in m.decoder.dmi:
+            if isinstance(mod, DualMaskInjection):
+                torch.nn.init.normal_(mod.a1)
+        content, style = m.content_encoder(sk), m.style_encoder(st)
+        base = m.decoder(content, style, sk)
+        high_res_changed = [content[0] + 1, *content[1:]]
+        outs[dmi] = (
+            not torch.allclose(base, m.decoder(high_res_changed, style, sk)),  # reads high-res content maps
+            not torch.allclose(base, m.decoder(content, style, 1 - sk)),  # reads the raw sketch
+        )
+    assert outs == {"none": (False, False), "sketch": (False, True), "feature": (True, False)}
+
+
+def test_loss_switches_remove_terms():
+    data = fake_data()
+    torch.manual_seed(0)
+    full = AETrainer(tiny(), 10, Accelerator(cpu=True))
+    vanilla = AETrainer(
+        tiny(w_style_triplet=0, w_content_triplet=0, w_style_cls=0, w_content_mi=0), 10, Accelerator(cpu=True)
+    )
+    idx, labels = full.sample(1)
+    x, s = data.batch(idx)
+    assert set(full.losses(x, s, labels)) == {"rec", "style_triplet", "content_triplet", "style_cls", "content_mi"}
+    assert set(vanilla.losses(x, s, labels)) == {"rec"}
+    assert not vanilla.uses_classes
+
+
+def test_momentum_subset_rounds():
+    trainer = AETrainer(tiny(cls_k=4, cls_every=3), 20, Accelerator(cpu=True))
+    trainer.sample(1)
+    first, head0 = trainer.subset.clone(), trainer.head.weight.detach().clone()
+    trainer.opt_head.state[trainer.head.weight] = {"dummy": torch.zeros(1)}
+    for step in (2, 3):
+        idx, labels = trainer.sample(step)
+        assert torch.equal(trainer.subset, first)
+        assert torch.equal(idx, first[labels]) and labels.max() < 4  # labels are positions in the subset
+    trainer.sample(4)  # a new round
+    assert trainer.round == 1 and len(trainer.subset) == 4
+    assert not torch.equal(trainer.subset, first) or not torch.equal(trainer.head.weight, head0)
+    assert not torch.equal(trainer.head.weight.detach(), head0)
+    assert len(trainer.opt_head.state) == 0
+    again = AETrainer(tiny(cls_k=4, cls_every=3), 20, Accelerator(cpu=True))
+    again.start_round(1)
+    assert torch.equal(again.subset, trainer.subset)  # deterministic: same subset on every rank/resume
+
+
+def test_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    cfg = tiny(
+        lr=2e-3, mask_regions=0, thicken_p=0, aug_max_rotate=0, aug_min_scale=1, aug_max_scale=1, aug_max_shift=0
+    )
+    trainer = AETrainer(cfg, 10, Accelerator(cpu=True))
+    data = fake_data()
+    idx, labels = trainer.sample(1)
+    x, s = data.batch(idx)
+    s = s[:, :1].expand(-1, 3, -1, -1, -1)  # one sketch per image: a fixed input
+    history = []
+    for _ in range(40):
+        terms = trainer.losses(x, s, labels)
+        loss = trainer.total(terms)
+        trainer.opt.zero_grad()
+        trainer.opt_head.zero_grad()
+        loss.backward()
+        trainer.opt.step()
+        trainer.opt_head.step()
+        history.append(terms["rec"].item())
+    assert history[-1] < 0.5 * history[0]
+
+
+# --- augmentations ---------------------------------------------------------------------------
+
+
+def test_augmentations():
+    x = torch.rand(3, 3, 16, 16)
+    same = random_affine(x, max_rotate=0, min_scale=1, max_scale=1, max_shift=0, flip_p=0)
+    assert torch.allclose(same, x, atol=1e-5)
+    flipped = random_affine(x, max_rotate=0, min_scale=1, max_scale=1, max_shift=0, flip_p=1)
+    assert torch.allclose(flipped, x.flip(3), atol=1e-5)
+    warped = random_affine(x)
+    assert warped.shape == x.shape and not torch.allclose(warped, x)
+    sk = torch.zeros(4, 1, 16, 16)  # all ink
+    masked = mask_regions(sk, regions=2, max_frac=0.3)
+    assert (masked >= sk).all() and (masked == 1).any() and (masked == 0).any()
+    line = torch.ones(2, 1, 9, 9)
+    line[..., 4, :] = 0
+    assert (thicken(line, 1.0) == 0).sum() > (line == 0).sum()
+    assert torch.equal(thicken(line, 0.0), line)
+
+
+# --- data, training, resume ------------------------------------------------------------------
+
+
+def _manifest(tmp_path, image_dir, n_sk=2):
+    from PIL import Image
+
+    from sketch2image.data.images import ImageFolder
+
+    folder = ImageFolder(image_dir, 32, progress=False)
+    items = []
+    for i, sid in enumerate(folder.ids):
+        rel = []
+        for k in range(n_sk):
+            p = tmp_path / "sk" / f"s{k}" / f"{sid}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (32, 32), 255 if (i + k) % 2 else 0).save(p)
+            rel.append(p.relative_to(tmp_path / "sk").as_posix())
+        items.append({"id": sid, "image": folder.paths[i].relative_to(image_dir).as_posix(), "sketches": rel})
+    path = tmp_path / "sk" / "manifest.json"
+    path.write_text(json.dumps({"format": "sketch2image.sketches/1", "images_root": str(image_dir), "items": items}))
+    return path
+
+
+def test_paired_data_reports_missing_sketches(tmp_path, image_dir, caplog):
+    manifest = _manifest(tmp_path, image_dir)
+    data = PairedData.from_manifest(manifest, 32, progress=False)
+    assert len(data) == 6 and data.k == 2 and data.images.dtype == torch.uint8
+    (tmp_path / "sk" / "s1" / "img2.png").unlink()
+    with caplog.at_level(logging.WARNING, logger="sketch2image"):
+        data = PairedData.from_manifest(manifest, 32, progress=False)
+    assert "img2" not in data.ids and len(data) == 5
+    assert any("img2" in r.message for r in caplog.records)
+    for p in (tmp_path / "sk").rglob("*.png"):
+        p.unlink()
+    with pytest.raises(InputError, match="no complete"):
+        PairedData.from_manifest(manifest, 32, progress=False)
+    with pytest.raises(InputError, match="not found"):
+        PairedData.from_manifest(tmp_path / "nope.json", 32)
+
+
+def test_train_resume_and_load(tmp_path, image_dir):
+    manifest = _manifest(tmp_path, image_dir)
+    run = tmp_path / "run"
+    cfg = tiny(cls_k=4, cls_every=3)
+    train_ae(cfg, manifest, run, progress=False)
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert len(list((run / "samples").glob("*.png"))) == 2
+    meta = json.loads((run / "checkpoints" / "step_0000004" / "meta.json").read_text())
+    assert meta["round"] == 1
+    train_ae(AEConfig(**{**cfg.__dict__, "steps": 6}), manifest, run, progress=False)
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    model = from_pretrained(run)
+    out = model(torch.rand(2, 1, 32, 32), torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
