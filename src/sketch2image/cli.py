@@ -82,7 +82,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from sketch2image.demo import run_demo
 
     figure = run_demo(Path(args.out), fast=args.fast, size=args.size)
-    print(f"demo figure: {figure}")
+    print(f"demo figure: {figure.resolve()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
