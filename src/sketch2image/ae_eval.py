@@ -28,3 +28,18 @@ def paired_reconstruction(model: SketchAutoEncoder, images: Path, sketches: Path
     mse = torch.cat(se)
     psnr = (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).mean().item()
     return {"n": len(ids), "mse": mse.mean().item(), "psnr_db": psnr, "rmse": math.sqrt(mse.mean().item())}
+
+
+@torch.inference_mode()
+def cross_grid(model: SketchAutoEncoder, sketches: torch.Tensor, styles: torch.Tensor, out: Path) -> Path:
+    """Every sketch × every style: a header row of style images, then per sketch the sketch and its outputs."""
+    from sketch2image.train.common import save_grid
+
+    model.eval()
+    device = next(model.parameters()).device
+    blank = torch.ones(1, 3, *styles.shape[-2:])
+    rows = [torch.cat([blank, styles.cpu()])]
+    for s in sketches:
+        batch = s.unsqueeze(0).expand(len(styles), -1, -1, -1).to(device)
+        rows.append(torch.cat([s.expand(3, -1, -1).unsqueeze(0).cpu(), model(batch, styles.to(device)).cpu()]))
+    return save_grid(out, rows)
