@@ -284,3 +284,48 @@ def test_train_resume_and_load(tmp_path, image_dir):
     model = from_pretrained(run)
     out = model(torch.rand(2, 1, 32, 32), torch.rand(2, 3, 32, 32))
     assert out.shape == (2, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
+
+
+def test_paired_reconstruction_and_cross_grid(tmp_path, image_dir):
+    from PIL import Image
+
+    from sketch2image.ae_eval import cross_grid, paired_reconstruction
+
+    sk_dir = tmp_path / "lines"
+    for p in sorted(image_dir.rglob("*.*")):
+        rel = p.relative_to(image_dir).with_suffix(".png")
+        (sk_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(p).convert("L").save(sk_dir / rel)
+    (sk_dir / "orphan.png").write_bytes((sk_dir / "img0.png").read_bytes())  # no matching image: ignored
+    torch.manual_seed(0)
+    model = SketchAutoEncoder(tiny())
+    result = paired_reconstruction(model, image_dir, sk_dir)
+    assert result["n"] == 6
+    assert 0 < result["mse"] < 1 and result["psnr_db"] > 0
+    grid = cross_grid(model, torch.rand(2, 1, 32, 32), torch.rand(3, 3, 32, 32), tmp_path / "grid.png")
+    w, h = Image.open(grid).size
+    assert (w, h) == (4 * 34 + 2, 3 * 34 + 2)  # (1 + 3 styles) columns x (1 + 2 sketches) rows, 2 px padding
+    with pytest.raises(InputError, match="no file ids in common"):
+        paired_reconstruction(model, image_dir, _empty(tmp_path))
+
+
+def _empty(tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "unrelated"
+    d.mkdir()
+    Image.new("L", (8, 8), 255).save(d / "zzz.png")
+    return d
+
+
+def test_cli_ae_errors_one_line(tmp_path, capsys):
+    from sketch2image.cli import main
+
+    rc = main(["ae", "train", "--data", str(tmp_path / "missing.json"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "missing.json" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+    rc = main(["ae", "train", "--data", "x", "--out", str(tmp_path / "run"), "--preset", "96"])
+    assert rc == 2 and "no AE preset" in capsys.readouterr().err
+    rc = main(["ae", "recon", "--model", str(tmp_path), "--images", ".", "--sketches", "."])
+    assert rc == 2 and "config" in capsys.readouterr().err
