@@ -173,7 +173,7 @@ class AEConfig:
     w_style_cls: float = 1.0
     w_content_mi: float = 1.0
     style_margin: float = 0.5  # α, on cosine similarities
-    content_margin: float = 0.5  # β, on mean-squared distances of standardised content maps
+    content_margin: float = 1.0  # β, on mean-squared distances of standardised content maps
     cls_k: int = 256  # images per momentum-classification subset (500-2000 at full scale)
     cls_every: int = 100  # new subset + relabel + fresh head every M iterations
     # Augmentation of the style input (batched affine warp) and of the sketch input (masking).
