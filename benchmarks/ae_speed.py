@@ -17,7 +17,7 @@ import sys
 
 import torch
 from accelerate import Accelerator
-from common import flops, peak_rss_mb, setup, timed, write
+from common import finish_rows, flops, peak_rss_mb, setup, timed, write
 
 from sketch2image.configs import AEConfig
 from sketch2image.data.paired import PairedData
@@ -62,7 +62,8 @@ def one(kind: str, size: int, batch: int, iters: int) -> dict:
         "size": size,
         "batch": batch,
         **t,
-        "gflop_per_it": flops(fn) / 1e9,
+        "flops": flops(fn),
+        "items": batch if kind == "infer" else 1,
         "params": params,
         "peak_rss_mb": peak_rss_mb(),
         "machine": info,
@@ -92,25 +93,8 @@ def main() -> None:
     machine = rows[0].pop("machine")
     for r in rows:
         r.pop("machine", None)
-        r["range_s"] = f"{r['min_s']:.3f}-{r['max_s']:.3f}"
-        r["median_s"] = round(r["median_s"], 4)
-        r["it_per_s"] = round(1 / r["median_s"], 2)
-        r["gflop_per_it"] = round(r["gflop_per_it"], 1)
-        r["gflop_per_s"] = round(r["gflop_per_it"] / r["median_s"], 1)
-        r["peak_rss_mb"] = round(r["peak_rss_mb"])
-    cols = [
-        "stage",
-        "size",
-        "batch",
-        "median_s",
-        "range_s",
-        "it_per_s",
-        "gflop_per_it",
-        "gflop_per_s",
-        "params",
-        "peak_rss_mb",
-    ]
-    _, m = write({"machine": machine, "rows": rows}, "ae_speed", rows, cols)
+    finish_rows(rows)
+    _, m = write({"machine": machine, "rows": rows}, "ae_speed", rows)
     print(m.read_text())
 
 

@@ -68,7 +68,33 @@ def timed(fn: Callable[[], object], iters: int, warmup: int = 2) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "iters": iters}
 
 
-def write(results: dict, name: str, table: list[dict], columns: list[str]) -> tuple[Path, Path]:
+COLUMNS = [
+    "stage",
+    "size",
+    "batch",
+    "median_s",
+    "range_s",
+    "it_per_s",
+    "gflop_per_it",
+    "gflop_per_s",
+    "params",
+    "peak_rss_mb",
+]
+
+
+def finish_rows(rows: list[dict]) -> list[dict]:
+    """Round raw measurements (``median_s``, ``min_s``, ``max_s``, ``flops``, ``items``) into table columns."""
+    for r in rows:
+        r["range_s"] = f"{r['min_s']:.3f}-{r['max_s']:.3f}"
+        r["it_per_s"] = round(r.get("items", 1) / r["median_s"], 2)
+        r["gflop_per_it"] = round(r["flops"] / 1e9, 1)
+        r["gflop_per_s"] = round(r["flops"] / 1e9 / r["median_s"], 1)
+        r["median_s"] = round(r["median_s"], 4)
+        r["peak_rss_mb"] = round(r["peak_rss_mb"])
+    return rows
+
+
+def write(results: dict, name: str, table: list[dict], columns: list[str] = COLUMNS) -> tuple[Path, Path]:
     """Write ``results/<name>.json`` and a markdown table ``results/<name>.md``."""
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import torch
 from accelerate import Accelerator
-from common import flops, peak_rss_mb, setup, timed, write
+from common import finish_rows, flops, peak_rss_mb, setup, timed, write
 
 from sketch2image.configs import TOMConfig
 from sketch2image.nets.tom import SketchGenerator, count_parameters
@@ -51,9 +51,8 @@ def main() -> None:
                 "size": size,
                 "batch": batch,
                 **t,
-                "it_per_s": 1 / t["median_s"],
-                "gflop_per_it": flops(step) / 1e9,
-                "g_params": count_parameters(trainer.g),
+                "flops": flops(step),
+                "params": count_parameters(trainer.g),
                 "d_params": count_parameters(trainer.d),
                 "peak_rss_mb": peak_rss_mb(),
             }
@@ -69,34 +68,16 @@ def main() -> None:
                 "size": size,
                 "batch": batch,
                 **t,
-                "it_per_s": batch / t["median_s"],
-                "gflop_per_it": flops(lambda: sk(x)) / 1e9,
-                "g_params": count_parameters(sk.generators),
+                "items": batch,
+                "flops": flops(lambda: sk(x)),
+                "params": count_parameters(sk.generators),
                 "d_params": 0,
                 "peak_rss_mb": peak_rss_mb(),
             }
             results["inference"].append(row)
             rows.append(row)
-    for r in rows:
-        r["median_s"] = round(r["median_s"], 4)
-        r["range_s"] = f"{r['min_s']:.3f}-{r['max_s']:.3f}"
-        r["it_per_s"] = round(r["it_per_s"], 2)
-        r["gflop_per_it"] = round(r["gflop_per_it"], 1)
-        r["gflop_per_s"] = round(r["gflop_per_it"] / r["median_s"], 1)
-        r["peak_rss_mb"] = round(r["peak_rss_mb"])
-    cols = [
-        "stage",
-        "size",
-        "batch",
-        "median_s",
-        "range_s",
-        "it_per_s",
-        "gflop_per_it",
-        "gflop_per_s",
-        "g_params",
-        "peak_rss_mb",
-    ]
-    j, m = write(results, "tom_speed", rows, cols)
+    finish_rows(rows)
+    _, m = write(results, "tom_speed", rows)
     print(m.read_text())
 
 

@@ -194,30 +194,18 @@ class AETrainer:
 
     # --- checkpoint state -------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {
-            **ckpt.module_tensors("ae", self.acc.unwrap_model(self.model)),
-            **ckpt.module_tensors("head", self.acc.unwrap_model(self.head)),
-            "subset": self.subset.clone(),
-            "data_gen": self.data_gen.get_state(),
-            "aug_gen": self.aug_gen.get_state(),
-        }
-        meta: dict = {"round": self.round}
-        for name, opt in (("opt", self.opt), ("opt_head", self.opt_head)):
-            t, meta[name] = ckpt.optimizer_state(name, opt)
-            tensors.update(t)
-        t, meta["rng"] = ckpt.rng_state()
-        tensors.update(t)
-        return tensors, meta
+        tensors, meta = ckpt.training_state(self.acc.unwrap_model, *self._parts())
+        tensors.update(subset=self.subset.clone(), data_gen=self.data_gen.get_state(), aug_gen=self.aug_gen.get_state())
+        return tensors, {**meta, "round": self.round}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
-        ckpt.load_module("ae", self.acc.unwrap_model(self.model), tensors, source)
-        ckpt.load_module("head", self.acc.unwrap_model(self.head), tensors, source)
-        ckpt.load_optimizer("opt", self.opt, tensors, meta["opt"])
-        ckpt.load_optimizer("opt_head", self.opt_head, tensors, meta["opt_head"])
+        ckpt.restore_training_state(self.acc.unwrap_model, *self._parts(), tensors, meta, source)
         self.subset, self.round = tensors["subset"], meta["round"]
         self.data_gen.set_state(tensors["data_gen"])
         self.aug_gen.set_state(tensors["aug_gen"])
-        ckpt.set_rng_state(tensors, meta["rng"])
+
+    def _parts(self) -> tuple[dict, dict]:
+        return {"ae": self.model, "head": self.head}, {"opt": self.opt, "opt_head": self.opt_head}
 
 
 def sample_grid(trainer: AETrainer, data: PairedData, path: Path, n: int = 6) -> Path:
@@ -247,12 +235,8 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
 
         vgg = load_vgg().to(acc.device)
     trainer = AETrainer(cfg, len(data), acc, vgg)
-    start = 0
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
-    if latest is not None:
-        tensors, meta = ckpt.load_checkpoint(latest)
-        trainer.load_state(tensors, meta, str(latest))
-        start = meta["step"]
+    start = ckpt.resume_step(run_dir, trainer.load_state, resume)
+    if start:
         log.info("resuming %s from step %d", run_dir, start)
     if acc.is_main_process:
         counts = acc.unwrap_model(trainer.model).parameter_counts()

@@ -157,3 +157,44 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, this version reads {FORMAT!r}")
     return load_safetensors(path / "state.safetensors"), meta
+
+
+def training_state(
+    unwrap, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Weights, optimiser state and RNG of a training loop, ready for ``save_checkpoint``."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    for name, module in modules.items():
+        tensors.update(module_tensors(name, unwrap(module)))
+    for name, opt in optimizers.items():
+        t, meta[name] = optimizer_state(name, opt)
+        tensors.update(t)
+    t, meta["rng"] = rng_state()
+    tensors.update(t)
+    return tensors, meta
+
+
+def restore_training_state(
+    unwrap,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    tensors: dict[str, torch.Tensor],
+    meta: dict,
+    source: str,
+) -> None:
+    for name, module in modules.items():
+        load_module(name, unwrap(module), tensors, source)
+    for name, opt in optimizers.items():
+        load_optimizer(name, opt, tensors, meta[name])
+    set_rng_state(tensors, meta["rng"])
+
+
+def resume_step(run_dir: Path, load: Any, resume: bool) -> int:
+    """Load the latest checkpoint of ``run_dir`` through ``load(tensors, meta, source)``; its step, or 0."""
+    latest = latest_checkpoint(run_dir) if resume else None
+    if latest is None:
+        return 0
+    tensors, meta = load_checkpoint(latest)
+    load(tensors, meta, str(latest))
+    return int(meta["step"])

@@ -172,25 +172,13 @@ class TOMTrainer:
 
     # --- checkpoint state -------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {
-            **ckpt.module_tensors("g", self.acc.unwrap_model(self.g)),
-            **ckpt.module_tensors("d", self.acc.unwrap_model(self.d)),
-        }
-        meta = {}
-        for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
-            t, m = ckpt.optimizer_state(name, opt)
-            tensors.update(t)
-            meta[name] = m
-        t, meta["rng"] = ckpt.rng_state()
-        tensors.update(t)
-        return tensors, meta
+        return ckpt.training_state(self.acc.unwrap_model, *self._parts())
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
-        ckpt.load_module("g", self.acc.unwrap_model(self.g), tensors, source)
-        ckpt.load_module("d", self.acc.unwrap_model(self.d), tensors, source)
-        ckpt.load_optimizer("opt_g", self.opt_g, tensors, meta["opt_g"])
-        ckpt.load_optimizer("opt_d", self.opt_d, tensors, meta["opt_d"])
-        ckpt.set_rng_state(tensors, meta["rng"])
+        ckpt.restore_training_state(self.acc.unwrap_model, *self._parts(), tensors, meta, source)
+
+    def _parts(self) -> tuple[dict, dict]:
+        return {"g": self.g, "d": self.d}, {"opt_g": self.opt_g, "opt_d": self.opt_d}
 
 
 def save_snapshot(run_dir: Path, index: int, step: int, g: torch.nn.Module, cfg: TOMConfig, variant: str) -> Path:
@@ -239,12 +227,8 @@ def train_tom(
     stats.grams = {k: v.to(acc.device) for k, v in stats.grams.items()}
     trainer = TOMTrainer(cfg, vgg, stats, acc)
 
-    start = 0
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
-    if latest is not None:
-        tensors, meta = ckpt.load_checkpoint(latest)
-        trainer.load_state(tensors, meta, str(latest))
-        start = meta["step"]
+    start = ckpt.resume_step(run_dir, trainer.load_state, resume)
+    if start:
         log.info("resuming %s from step %d", run_dir, start)
     if start >= cfg.steps:
         return run_dir
