@@ -176,6 +176,7 @@ class AEConfig:
     content_margin: float = 1.0  # β, on mean-squared distances of standardised content maps
     cls_k: int = 256  # images per momentum-classification subset (500-2000 at full scale)
     cls_every: int = 100  # new subset + relabel + fresh head every M iterations
+    cls_lr_mult: float = 1.0  # learning-rate multiplier of the freshly initialised head
     # Augmentation of the style input (batched affine warp) and of the sketch input (masking).
     aug_max_rotate: float = 15.0
     aug_min_scale: float = 0.8

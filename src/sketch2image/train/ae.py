@@ -72,7 +72,7 @@ class AETrainer:
         model = SketchAutoEncoder(cfg)
         head = nn.Linear(cfg.style_dim, self.k)
         opt = torch.optim.Adam(model.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        opt_head = torch.optim.Adam(head.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        opt_head = torch.optim.Adam(head.parameters(), cfg.lr * cfg.cls_lr_mult, betas=(cfg.beta1, cfg.beta2))
         self.model, self.head, self.opt, self.opt_head = accelerator.prepare(model, head, opt, opt_head)
         self.vgg = vgg
         self.round = -1
