@@ -30,7 +30,7 @@ K = 4  # sketches per image in the synthetic paired data
 def one(kind: str, size: int, batch: int, iters: int) -> dict:
     info = setup()
     torch.manual_seed(0)
-    cfg = AEConfig.preset(size, batch_size=batch, cls_k=64)
+    cfg = AEConfig.preset(size, batch_size=max(batch, 2), cls_k=64)  # the batch option only matters to training
     if kind == "train":
         n = 64
         data = PairedData(
