@@ -34,17 +34,16 @@ def tom_figure(run: Path, data: Path, out: Path, n: int = 6, columns: tuple[int,
     size = sketcher.cfg.size
     test = manifest["ids"]["test"]
     ids = [test[int(i)] for i in torch.linspace(0, len(test) - 1, min(n, len(test)))]  # spread over the set
-    load = lambda sub, i: to_tensor(resize_square(open_rgb(data / sub / "test" / f"{i}.png"), size))  # noqa: E731
+
+    def load(sub: str, emoji: str) -> torch.Tensor:
+        return to_tensor(resize_square(open_rgb(data / sub / "test" / f"{emoji}.png"), size))
+
     images = torch.stack([load("images", i) for i in ids])
     lines = torch.stack([load("lines", i) for i in ids])
     sketches = sketcher(images)
     cols = [c for c in columns if c < sketches.shape[1]]
-    rows = [images, lines] + [sketches[:, c : c + 1] for c in cols]
-    # One row per emoji reads more naturally: transpose (column-major grid).
-    per_emoji = [
-        torch.stack([r[i] if r[i].shape[0] == 3 else r[i].expand(3, -1, -1) for r in rows]) for i in range(len(ids))
-    ]
-    return save_grid(out, per_emoji)
+    columns_ = [images, lines] + [sketches[:, c : c + 1].expand(-1, 3, -1, -1) for c in cols]
+    return save_grid(out, list(torch.stack(columns_, 1)))  # one row per emoji
 
 
 def run_demo(out: Path, *, fast: bool = False, size: int | None = None, progress: bool = True) -> Path:

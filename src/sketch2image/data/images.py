@@ -27,6 +27,7 @@ __all__ = [
     "open_rgb",
     "resize_square",
     "scan_images",
+    "to_grey",
     "to_tensor",
 ]
 
@@ -130,6 +131,11 @@ def _to_uint8(img: Image.Image) -> torch.Tensor:
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """float32 CxHxW tensor in [0, 1] (non-RGB inputs go through the same conversion as open_rgb)."""
     return _to_uint8(img).float().div_(255.0)
+
+
+def to_grey(rgb: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB → (N, 1, H, W) luma with the ITU-R 601 weights PIL's "L" mode uses."""
+    return (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]).unsqueeze(1)
 
 
 def scan_images(root: str | os.PathLike[str], *, recursive: bool = True) -> list[Path]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sketch2image.data.images import open_rgb, resize_square
+from sketch2image.data.images import ImageFolder, open_rgb, resize_square, to_grey
 from sketch2image.errors import InputError
 
 log = logging.getLogger("sketch2image")
@@ -102,8 +102,6 @@ class PairedData:
 
 def load_pairs_by_id(images: Path, sketches: Path, size: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Two folders whose files share ids (e.g. held-out images and their real line art) → matched tensors."""
-    from sketch2image.data.images import ImageFolder
-
     imgs = ImageFolder(images, size, progress=False)
     skts = ImageFolder(sketches, size, progress=False)
     common = sorted(set(imgs.ids) & set(skts.ids))
@@ -113,8 +111,7 @@ def load_pairs_by_id(images: Path, sketches: Path, size: int) -> tuple[list[str]
     si = {s: n for n, s in enumerate(skts.ids)}
     x = torch.stack([imgs[ii[s]]["image"] for s in common])
     y = torch.stack([skts[si[s]]["image"] for s in common])
-    grey = (0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2]).unsqueeze(1)
-    return common, x, grey
+    return common, x, to_grey(y)
 
 
 __all__ = ["PairedData", "load_pairs_by_id", "open_sketch"]

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from sketch2image.configs import TOMConfig, to_dict
-from sketch2image.data.images import ImageFolder
+from sketch2image.data.images import ImageFolder, to_grey
 from sketch2image.errors import InputError
 from sketch2image.losses import adain, d_loss, g_adv_loss, gram, mean_std
 from sketch2image.nets.tom import GramDiscriminator, SketchGenerator, count_parameters
@@ -97,7 +97,7 @@ def load_sketch_set(root: Path, size: int) -> torch.Tensor:
     """Real sketches as (N, 1, size, size) grey in [0, 1], white background."""
     folder = ImageFolder(root, size, progress=False)
     sketches = torch.stack([folder[i]["image"] for i in range(len(folder))])
-    grey = (0.299 * sketches[:, 0] + 0.587 * sketches[:, 1] + 0.114 * sketches[:, 2]).unsqueeze(1)
+    grey = to_grey(sketches)
     if grey.mean() < 0.5:  # white lines on black: flip to dark lines on white
         log.warning("%s: sketches look white-on-black; inverting them", root)
         grey = 1 - grey
