@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -65,3 +66,29 @@ def tiny_tom() -> TOMConfig:
         checkpoint_every=2,
         log_every=1,
     )
+
+
+def _make_manifest(tmp_path: Path, image_dir: Path, n_sk: int = 2) -> Path:
+    """A `tom sketch`-style manifest: every image with n_sk flat black or white sketches."""
+    from PIL import Image
+
+    from sketch2image.data.images import ImageFolder
+
+    folder = ImageFolder(image_dir, 32, progress=False)
+    items = []
+    for i, sid in enumerate(folder.ids):
+        rel = []
+        for k in range(n_sk):
+            p = tmp_path / "sk" / f"s{k}" / f"{sid}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (32, 32), 255 if (i + k) % 2 else 0).save(p)
+            rel.append(p.relative_to(tmp_path / "sk").as_posix())
+        items.append({"id": sid, "image": folder.paths[i].relative_to(image_dir).as_posix(), "sketches": rel})
+    path = tmp_path / "sk" / "manifest.json"
+    path.write_text(json.dumps({"format": "sketch2image.sketches/1", "images_root": str(image_dir), "items": items}))
+    return path
+
+
+@pytest.fixture
+def paired_manifest(tmp_path: Path, image_dir: Path) -> Path:
+    return _make_manifest(tmp_path, image_dir)

@@ -231,28 +231,8 @@ def test_augmentations():
 # --- data, training, resume ------------------------------------------------------------------
 
 
-def _manifest(tmp_path, image_dir, n_sk=2):
-    from PIL import Image
-
-    from sketch2image.data.images import ImageFolder
-
-    folder = ImageFolder(image_dir, 32, progress=False)
-    items = []
-    for i, sid in enumerate(folder.ids):
-        rel = []
-        for k in range(n_sk):
-            p = tmp_path / "sk" / f"s{k}" / f"{sid}.png"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            Image.new("L", (32, 32), 255 if (i + k) % 2 else 0).save(p)
-            rel.append(p.relative_to(tmp_path / "sk").as_posix())
-        items.append({"id": sid, "image": folder.paths[i].relative_to(image_dir).as_posix(), "sketches": rel})
-    path = tmp_path / "sk" / "manifest.json"
-    path.write_text(json.dumps({"format": "sketch2image.sketches/1", "images_root": str(image_dir), "items": items}))
-    return path
-
-
-def test_paired_data_reports_missing_sketches(tmp_path, image_dir, caplog):
-    manifest = _manifest(tmp_path, image_dir)
+def test_paired_data_reports_missing_sketches(tmp_path, paired_manifest, caplog):
+    manifest = paired_manifest
     data = PairedData.from_manifest(manifest, 32, progress=False)
     assert len(data) == 6 and data.k == 2 and data.images.dtype == torch.uint8
     (tmp_path / "sk" / "s1" / "img2.png").unlink()
@@ -268,8 +248,8 @@ def test_paired_data_reports_missing_sketches(tmp_path, image_dir, caplog):
         PairedData.from_manifest(tmp_path / "nope.json", 32)
 
 
-def test_train_resume_and_load(tmp_path, image_dir):
-    manifest = _manifest(tmp_path, image_dir)
+def test_train_resume_and_load(tmp_path, paired_manifest):
+    manifest = paired_manifest
     run = tmp_path / "run"
     cfg = tiny(cls_k=4, cls_every=3)
     train_ae(cfg, manifest, run, progress=False)

@@ -119,3 +119,11 @@ def test_sketcher_refuses_incomplete_runs(tmp_path, tiny_tom):
     (run / "config.json").write_text(json.dumps({**tiny_tom.__dict__, "future_option": 1}))
     with pytest.raises(CheckpointError, match="unknown TOMConfig keys"):
         TOMSketcher.from_pretrained(run)
+
+
+def test_sketcher_refuses_corrupt_snapshot(tmp_path, image_dir, sketch_dir, tiny_tom):
+    run = tmp_path / "run"
+    train_tom(tiny_tom, image_dir, sketch_dir, run, progress=False)
+    (run / "snapshots" / "snapshot_01.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="snapshot_01.safetensors"):
+        TOMSketcher.from_pretrained(run)

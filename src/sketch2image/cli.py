@@ -1,4 +1,4 @@
-"""``s2i``: one command, subcommands grouped by job (data, tom, ae, demo)."""
+"""``s2i``: one command, subcommands grouped by job (data, tom, ae, gan, demo)."""
 
 from __future__ import annotations
 
@@ -78,6 +78,19 @@ def _cmd_ae_recon(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _cmd_gan_train(args: argparse.Namespace) -> None:
+    from sketch2image.configs import GANConfig, apply_overrides
+    from sketch2image.train.gan import train_gan
+
+    sets = list(args.set or [])
+    for key in ("steps", "batch_size", "seed"):
+        if getattr(args, key) is not None:
+            sets.append(f"{key}={getattr(args, key)}")
+    cfg = apply_overrides(GANConfig(), sets)
+    run = train_gan(cfg, Path(args.ae), Path(args.data), Path(args.out), resume=args.resume)
+    print(f"GAN run: {run} (EMA refiner in {run / 'model'}, samples in {run / 'samples'})")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from sketch2image.demo import run_demo
 
@@ -149,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--json", help="also write the result here")
     ar.add_argument("--device", default="cpu")
     ar.set_defaults(func=_cmd_ae_recon)
+
+    gan = jobs.add_parser("gan", help="stage 3: GAN refiner").add_subparsers(dest="what", required=True)
+    gt = gan.add_parser("train", help="train the refiner on top of a frozen auto-encoder")
+    gt.add_argument("--ae", required=True, help="auto-encoder run folder (from `s2i ae train`)")
+    gt.add_argument("--data", required=True, help="manifest.json written by `s2i tom sketch`")
+    gt.add_argument("--out", required=True, help="run folder")
+    gt.add_argument("--resume", action="store_true")
+    gt.add_argument("--steps", type=int)
+    gt.add_argument("--batch-size", type=int)
+    gt.add_argument("--seed", type=int)
+    gt.add_argument("--set", action="append", metavar="KEY=VALUE", help="any GANConfig field, e.g. --set w_rec=10")
+    gt.set_defaults(func=_cmd_gan_train)
 
     demo = jobs.add_parser("demo", help="offline end-to-end demo on the built-in OpenMoji data")
     demo.add_argument("--out", default="s2i-demo", help="demo folder (resumable)")

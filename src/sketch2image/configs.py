@@ -228,3 +228,41 @@ class AEConfig:
         if size not in AE_PRESETS:
             raise S2IError(f"no AE preset for {size}px; presets: {sorted(AE_PRESETS)}")
         return cls(size=size, **{**AE_PRESETS[size], **overrides})
+
+
+@dataclass
+class GANConfig:
+    """Stage 3: the GAN refiner (paper §4.2, appendix A.4). Size and style size come from the frozen AE."""
+
+    width: int = 32  # G2 channels at full resolution (doubling per halving, <= max_width)
+    max_width: int = 256
+    levels: int = 3  # encoder-decoder depth: the bottleneck is size / 2**levels
+    d_width: int = 32
+    d_layers: int = 3  # stride-2 convolutions in the patch discriminator
+    noise: bool = True  # per-pixel noise injected at every decoder level (learnt per-channel strength)
+    use_style: bool = True  # the AE's style vector gates G2's decoder channels
+    w_rec: float = 10.0  # λ of paper Eq. 14
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.0
+    beta2: float = 0.99
+    ema_decay: float = 0.999
+    batch_size: int = 8
+    steps: int = 1000
+    seed: int = 0
+    sample_every: int = 200
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    mixed_precision: str = "no"
+
+    def validate(self) -> None:
+        problems = []
+        if self.levels < 1 or self.d_layers < 1 or self.width < 1 or self.d_width < 1:
+            problems.append("levels, d_layers, width and d_width must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append(f"ema_decay {self.ema_decay} must be in [0, 1)")
+        if self.batch_size < 1 or self.w_rec < 0:
+            problems.append("batch_size must be >= 1 and w_rec >= 0")
+        if problems:
+            raise S2IError("invalid GAN config: " + "; ".join(problems))

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -20,7 +19,7 @@ from sketch2image.data.images import ImageFolder
 from sketch2image.errors import CheckpointError
 from sketch2image.nets.tom import SketchGenerator, binarize
 from sketch2image.nets.vgg import VGGEncoder, load_vgg
-from sketch2image.train.checkpoint import atomic_write_json, load_module, load_safetensors
+from sketch2image.train.checkpoint import atomic_write_json, load_module, load_safetensors, safetensors_metadata
 
 MANIFEST_FORMAT = "sketch2image.sketches/1"
 
@@ -51,8 +50,7 @@ class TOMSketcher(torch.nn.Module):
             )
         gens = []
         for f in files:
-            with safe_open(str(f), "pt") as h:
-                meta = h.metadata() or {}
+            meta = safetensors_metadata(f)
             if meta.get("format") != "sketch2image.tom_snapshot/1":
                 raise CheckpointError(f"{f}: not a sketch2image TOM snapshot (format {meta.get('format')!r})")
             snap_cfg = from_dict(TOMConfig, json.loads(meta["config"]), str(f))

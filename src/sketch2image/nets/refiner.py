@@ -1,0 +1,101 @@
+"""Stage 3 networks (paper §4.2, appendix A.4): the refiner G2 and its patch discriminator.
+
+G2 is a U-Net-style encoder–decoder from the frozen auto-encoder's output to the final
+image. It also reads the style vector (a channel gate per decoder level, to recover style
+detail the AE missed) and per-pixel noise at every decoder level (for fine texture).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from sketch2image.configs import GANConfig
+from sketch2image.nets.blocks import ConvBlock, StyleInjection
+
+
+class NoiseInjection(nn.Module):
+    """``h + s·n`` with n ~ N(0, 1) per pixel and a learnt per-channel strength s (0 at start)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.strength = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(h.shape[0], 1, *h.shape[2:], device=h.device, dtype=h.dtype, generator=generator)
+        return h + self.strength * noise
+
+
+class Refiner(nn.Module):
+    """G2: AE output (+ style vector, + noise) → refined image in [0, 1]."""
+
+    def __init__(self, cfg: GANConfig, style_dim: int) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        ch = [min(cfg.max_width, cfg.width * 2**i) for i in range(cfg.levels + 1)]  # ch[i] at 1/2**i
+        self.stem = ConvBlock(3, ch[0])
+        self.down = nn.ModuleList(ConvBlock(ch[i], ch[i + 1], down=True) for i in range(cfg.levels))
+        self.up = nn.ModuleList(
+            nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch[i + 1], ch[i], 3, padding=1))
+            for i in reversed(range(cfg.levels))
+        )
+        # after each upsampling the skip connection of the same level is concatenated
+        self.fuse = nn.ModuleList(ConvBlock(2 * ch[i], ch[i]) for i in reversed(range(cfg.levels)))
+        dec = [ch[cfg.levels]] + [ch[i] for i in reversed(range(cfg.levels))]  # decoder levels, coarse first
+        self.noise = nn.ModuleList(NoiseInjection(c) for c in dec) if cfg.noise else None
+        self.style = nn.ModuleList(StyleInjection(style_dim, c, "mul") for c in dec) if cfg.use_style else None
+        self.to_rgb = nn.Conv2d(ch[0], 3, 3, padding=1)
+
+    def _inject(self, i: int, h: torch.Tensor, style: torch.Tensor | None, generator) -> torch.Tensor:
+        if self.noise is not None:
+            h = self.noise[i](h, generator)
+        if self.style is not None and style is not None:
+            h = self.style[i](h, style)
+        return h
+
+    def forward(
+        self, x_ae: torch.Tensor, style: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        h = self.stem(x_ae)
+        skips = [h]
+        for block in self.down:
+            h = block(h)
+            skips.append(h)
+        h = self._inject(0, skips.pop(), style, generator)
+        for i, (up, fuse) in enumerate(zip(self.up, self.fuse, strict=True)):
+            h = fuse(torch.cat([up(h), skips.pop()], dim=1))
+            h = self._inject(i + 1, h, style, generator)
+        return torch.tanh(self.to_rgb(h)) * 0.5 + 0.5
+
+
+class PatchDiscriminator(nn.Module):
+    """Strided spectral-norm convolutions to a map of real/fake logits, one per patch."""
+
+    def __init__(self, cfg: GANConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for i in range(cfg.d_layers):
+            cout = min(cfg.d_width * 2**i, 512)
+            layers += [spectral_norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2, inplace=True)]
+            cin = cout
+        layers += [
+            spectral_norm(nn.Conv2d(cin, cin, 3, padding=1)),
+            nn.LeakyReLU(0.2, inplace=True),
+            spectral_norm(nn.Conv2d(cin, 1, 3, padding=1)),
+        ]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.body(image * 2 - 1)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema ← decay·ema + (1 − decay)·model`` for parameters; buffers are copied."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)

@@ -1,0 +1,177 @@
+"""Training loop for the GAN refiner (paper §4.2, Eq. 13–14, appendix A.4).
+
+The auto-encoder is frozen. Each step: an image and one of its sketches (paired, never
+mismatched, as in the paper) → AE output and style vector → G2 → hinge loss against the
+patch discriminator + λ·MSE to the real image. An exponential moving average of G2 is kept
+and is what sampling, evaluation and ``model/`` use.
+
+Writes a run folder: ``config.json``, ``run.json`` (which AE), ``model/`` (EMA refiner),
+``checkpoints/``, ``samples/``, ``log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from sketch2image.configs import GANConfig, load_config, to_dict
+from sketch2image.data.paired import PairedData
+from sketch2image.errors import CheckpointError
+from sketch2image.losses import d_loss, g_adv_loss
+from sketch2image.nets.autoencoder import SketchAutoEncoder
+from sketch2image.nets.refiner import PatchDiscriminator, Refiner, ema_update
+from sketch2image.train import checkpoint as ckpt
+from sketch2image.train.ae import from_pretrained as load_ae
+from sketch2image.train.common import JsonlLog, prepare_run_dir, save_grid, seed_everything
+
+log = logging.getLogger("sketch2image")
+MODEL_FORMAT = "sketch2image.refiner/1"
+
+
+def save_refiner(refiner: Refiner, style_dim: int, directory: Path) -> Path:
+    directory = Path(directory)
+    ckpt.atomic_save_safetensors(
+        refiner.state_dict(), directory / "refiner.safetensors", {"format": MODEL_FORMAT, "style_dim": str(style_dim)}
+    )
+    ckpt.atomic_write_json(directory / "config.json", to_dict(refiner.cfg))
+    return directory
+
+
+def load_refiner(directory: str | Path, device: str | torch.device = "cpu") -> Refiner:
+    """The EMA refiner of a GAN run (or of its ``model/`` folder), in eval mode."""
+    directory = Path(directory)
+    if (directory / "model").is_dir() and not (directory / "refiner.safetensors").exists():
+        directory = directory / "model"
+    cfg = load_config(GANConfig, directory / "config.json")
+    weights = directory / "refiner.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: refiner weights missing")
+    meta = ckpt.safetensors_metadata(weights)
+    if meta.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{weights}: not a sketch2image refiner (format {meta.get('format')!r})")
+    model = Refiner(cfg, int(meta["style_dim"]))
+    tensors = {f"g.{k}": v for k, v in ckpt.load_safetensors(weights).items()}
+    ckpt.load_module("g", model, tensors, str(weights))
+    return model.to(device).eval()
+
+
+class GANTrainer:
+    def __init__(self, cfg: GANConfig, ae: SketchAutoEncoder, accelerator: Accelerator) -> None:
+        cfg.validate()
+        self.cfg, self.acc = cfg, accelerator
+        self.ae = ae.to(accelerator.device).eval().requires_grad_(False)
+        g, d = Refiner(cfg, ae.cfg.style_dim), PatchDiscriminator(cfg)
+        self.g_ema = copy.deepcopy(g).to(accelerator.device).eval().requires_grad_(False)
+        opt_g = torch.optim.Adam(g.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+        opt_d = torch.optim.Adam(d.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+        self.g, self.d, self.opt_g, self.opt_d = accelerator.prepare(g, d, opt_g, opt_d)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed * 7 + 3 + accelerator.process_index)
+
+    @torch.no_grad()
+    def ae_output(self, sketches: torch.Tensor, styles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        res = self.ae(sketches, styles, features=True)
+        return res["out"], res["f_style"]
+
+    def step(self, data: PairedData, step: int) -> dict[str, float]:
+        cfg, acc = self.cfg, self.acc
+        idx = torch.randperm(len(data), generator=self.data_gen)[: cfg.batch_size]
+        images, sketches = data.batch(idx, acc.device)
+        pick = torch.randint(data.k, (len(idx),), generator=self.data_gen)
+        x_ae, f_style = self.ae_output(sketches[torch.arange(len(idx)), pick], images)
+        with acc.autocast():
+            fake = self.g(x_ae, f_style)
+        self.d.requires_grad_(True)
+        with acc.autocast():
+            loss_d = d_loss(self.d(images), self.d(fake.detach()), "hinge")
+        self.opt_d.zero_grad(set_to_none=True)
+        acc.backward(loss_d)
+        self.opt_d.step()
+        self.d.requires_grad_(False)
+        with acc.autocast():
+            adv = g_adv_loss(self.d(fake), "hinge")
+            rec = F.mse_loss(fake.float(), images)
+            loss_g = adv + cfg.w_rec * rec
+        self.opt_g.zero_grad(set_to_none=True)
+        acc.backward(loss_g)
+        self.opt_g.step()
+        ema_update(self.g_ema, acc.unwrap_model(self.g), cfg.ema_decay)
+        return {"loss_d": loss_d.item(), "adv": adv.item(), "rec": rec.item()}
+
+    @torch.no_grad()
+    def refine(self, sketches: torch.Tensor, styles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x_ae, f_style = self.ae_output(sketches, styles)
+        return x_ae, self.g_ema(x_ae, f_style)
+
+    def _parts(self) -> tuple[dict, dict]:
+        return {"g": self.g, "d": self.d, "g_ema": self.g_ema}, {"opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, meta = ckpt.training_state(self.acc.unwrap_model, *self._parts())
+        tensors["data_gen"] = self.data_gen.get_state()
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
+        ckpt.restore_training_state(self.acc.unwrap_model, *self._parts(), tensors, meta, source)
+        self.data_gen.set_state(tensors["data_gen"])
+
+
+def sample_grid(trainer: GANTrainer, data: PairedData, path: Path, n: int = 6) -> Path:
+    """Rows: sketch | image (its style) | AE output | refined (EMA) | AE with a mismatched style | refined."""
+    idx = torch.linspace(0, len(data) - 1, min(n, len(data))).long()
+    images, sketches = data.batch(idx, trainer.acc.device)
+    sk = sketches[:, 0]
+    ae, refined = trainer.refine(sk, images)
+    ae_mis, refined_mis = trainer.refine(sk, images.roll(1, 0))
+    return save_grid(path, [sk, images, ae, refined, ae_mis, refined_mis])
+
+
+def train_gan(
+    cfg: GANConfig, ae_run: Path, manifest: Path, run_dir: Path, *, resume: bool = True, progress: bool = True
+) -> Path:
+    cfg.validate()
+    run_dir = Path(run_dir)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    ae = load_ae(ae_run, acc.device)
+    data = PairedData.from_manifest(manifest, ae.cfg.size, progress=progress and acc.is_main_process)
+    if acc.is_main_process:
+        prepare_run_dir(run_dir, cfg, resume)
+        ckpt.atomic_write_json(
+            run_dir / "run.json",
+            {"ae": str(Path(ae_run).resolve()), "data": str(Path(manifest).resolve()), "n_images": len(data)},
+        )
+    acc.wait_for_everyone()
+    seed_everything(cfg.seed)
+    trainer = GANTrainer(cfg, ae, acc)
+    start = ckpt.resume_step(run_dir, trainer.load_state, resume)
+    if start:
+        log.info("resuming %s from step %d", run_dir, start)
+    if acc.is_main_process:
+        n_g = sum(p.numel() for p in trainer.g_ema.parameters())
+        n_d = sum(p.numel() for p in acc.unwrap_model(trainer.d).parameters())
+        print(
+            f"GAN: {len(data)} images, {ae.cfg.size}px, G2 {n_g:,} params, D {n_d:,} params; steps {start}->{cfg.steps}"
+        )
+    logger = JsonlLog(run_dir / "log.jsonl", acc.is_main_process)
+    bar = tqdm(total=cfg.steps, initial=start, desc="GAN", disable=not (progress and acc.is_main_process))
+    for step in range(start + 1, cfg.steps + 1):
+        losses = trainer.step(data, step)
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            logger.write(step=step, **losses)
+        if acc.is_main_process and (step % cfg.sample_every == 0 or step == cfg.steps):
+            sample_grid(trainer, data, run_dir / "samples" / f"step_{step:07d}.png")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            tensors, meta = trainer.state()
+            if acc.is_main_process:
+                ckpt.save_checkpoint(run_dir, step, tensors, {**meta, "config": to_dict(cfg)}, cfg.keep_checkpoints)
+                save_refiner(trainer.g_ema, ae.cfg.style_dim, run_dir / "model")
+    bar.close()
+    acc.wait_for_everyone()
+    return run_dir
