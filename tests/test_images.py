@@ -80,7 +80,7 @@ def test_16bit_png_scaled_not_clipped(tmp_path):
 
 
 def test_32bit_int_and_float_modes():
-    to_rgb = images._as_rgb  # these modes cannot be stored in our formats, so test the converter directly
+    to_rgb = images.as_rgb  # these modes cannot be stored in our formats, so test the converter directly
     assert _px(to_rgb(Image.fromarray(np.array([[65535, 0]], np.int32), "I"))) == (255, 255, 255)
     assert _px(to_rgb(Image.fromarray(np.array([[200, 0]], np.int32), "I"))) == (200, 200, 200)
     for mode in ("RGBa", "La", "PA"):  # premultiplied / palette alpha, fully transparent -> white

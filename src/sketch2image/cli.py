@@ -1,4 +1,4 @@
-"""``s2i``: one command, subcommands grouped by job (data, tom, ae, gan, demo)."""
+"""``s2i``: one command, subcommands grouped by job."""
 
 from __future__ import annotations
 
@@ -91,6 +91,99 @@ def _cmd_gan_train(args: argparse.Namespace) -> None:
     print(f"GAN run: {run} (EMA refiner in {run / 'model'}, samples in {run / 'samples'})")
 
 
+def _save_images(images, paths: list[Path]) -> None:
+    """Write every output atomically (temp name, then rename): an interrupted run leaves no half file."""
+    from sketch2image.pipeline import to_pil
+
+    for img, path in zip(to_pil(images), paths, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        img.save(tmp)
+        tmp.replace(path)
+
+
+def _inputs(path: str) -> tuple[list[Path], list[str]]:
+    """A file → [file]; a folder → its images (recursive) with their stable ids."""
+    from sketch2image.data.images import scan_images
+    from sketch2image.errors import InputError
+
+    p = Path(path)
+    if p.is_dir():
+        files = scan_images(p)
+        return files, [f.relative_to(p).with_suffix("").as_posix() for f in files]
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder")
+    return [p], [p.stem]
+
+
+def _out_is_file(out: str) -> bool:
+    return Path(out).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from sketch2image.errors import InputError
+    from sketch2image.pipeline import Sketch2Image
+
+    model = Sketch2Image.from_pretrained(args.model, args.device)
+    sketches, sketch_ids = _inputs(args.sketch)
+    styles, style_ids = _inputs(args.style)
+    if args.pair_by_name:
+        common = sorted(set(sketch_ids) & set(style_ids))
+        if not common:
+            raise InputError(f"{args.sketch} and {args.style}: no names in common to pair")
+        pairs = [(sketches[sketch_ids.index(i)], styles[style_ids.index(i)], i) for i in common]
+    else:
+        pairs = [
+            (sk, st, f"{a}__{b}" if len(sketches) > 1 and len(styles) > 1 else (a if len(styles) == 1 else b))
+            for sk, a in zip(sketches, sketch_ids, strict=True)
+            for st, b in zip(styles, style_ids, strict=True)
+        ]
+    single = len(pairs) == 1 and _out_is_file(args.out)
+    if len(pairs) > 1 and _out_is_file(args.out):
+        raise InputError(f"{args.out}: {len(pairs)} outputs need a folder, not a file name")
+    # Normalise every input before writing anything: a bad file stops the run with no partial output.
+    sk_t = model.prepare_sketches([p[0] for p in pairs])
+    st_t = model.prepare_styles([p[1] for p in pairs])
+    paths = [Path(args.out)] if single else [Path(args.out) / f"{name}.png" for _, _, name in pairs]
+    for i in range(0, len(pairs), args.batch_size):
+        f = model.style_vectors(st_t[i : i + args.batch_size])
+        _save_images(model.decode(sk_t[i : i + args.batch_size], f, not args.no_refine), paths[i : i + args.batch_size])
+    print(f"wrote {len(paths)} image(s) to {args.out}")
+
+
+def _cmd_mix(args: argparse.Namespace) -> None:
+    from sketch2image.pipeline import Sketch2Image
+
+    model = Sketch2Image.from_pretrained(args.model, args.device)
+    out = model.mix(args.sketch, args.styles, args.weights, args.mode, refine=not args.no_refine)
+    _save_images(out, [Path(args.out)])
+    print(f"wrote {args.out}")
+
+
+def _cmd_transfer(args: argparse.Namespace) -> None:
+    from sketch2image.pipeline import Sketch2Image
+
+    model = Sketch2Image.from_pretrained(args.model, args.device)
+    out, sketch = model.transfer(args.content, args.style, snapshot=args.snapshot, refine=not args.no_refine)
+    _save_images(out, [Path(args.out)])
+    if args.sketch_out:
+        _save_images(sketch.expand(-1, 3, -1, -1), [Path(args.sketch_out)])
+    print(f"wrote {args.out}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from sketch2image.pipeline import export_model
+
+    out = export_model(
+        Path(args.out),
+        ae_run=Path(args.ae),
+        gan_run=Path(args.gan) if args.gan else None,
+        tom_run=Path(args.tom) if args.tom else None,
+        data=args.data or "",
+    )
+    print(f"model folder: {out}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from sketch2image.demo import run_demo
 
@@ -174,6 +267,50 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("--seed", type=int)
     gt.add_argument("--set", action="append", metavar="KEY=VALUE", help="any GANConfig field, e.g. --set w_rec=10")
     gt.set_defaults(func=_cmd_gan_train)
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", required=True, help="model folder from `s2i export`")
+        sp.add_argument("--no-refine", action="store_true", help="return the auto-encoder output, skip the refiner")
+        sp.add_argument("--device", default="cpu")
+
+    ge = jobs.add_parser("generate", help="paint sketch(es) in the style of image(s)")
+    model_args(ge)
+    ge.add_argument("--sketch", required=True, help="a sketch file or a folder of sketches")
+    ge.add_argument("--style", required=True, help="a style image or a folder of them")
+    ge.add_argument("--out", required=True, help="an image file (one output) or a folder")
+    ge.add_argument(
+        "--pair-by-name",
+        action="store_true",
+        help="folders: pair files with the same name instead of every sketch x every style",
+    )
+    ge.add_argument("--batch-size", type=int, default=8)
+    ge.set_defaults(func=_cmd_generate)
+
+    mx = jobs.add_parser("mix", help="one sketch in a mixture of 2-4 styles")
+    model_args(mx)
+    mx.add_argument("--sketch", required=True)
+    mx.add_argument("--styles", required=True, nargs="+")
+    mx.add_argument("--weights", type=float, nargs="+", help="vector mode: one weight per style")
+    mx.add_argument("--mode", choices=["stitch", "vector"], default="stitch")
+    mx.add_argument("--out", required=True)
+    mx.set_defaults(func=_cmd_mix)
+
+    tf = jobs.add_parser("transfer", help="style transfer: content image -> TOM sketch -> painted in a style")
+    model_args(tf)
+    tf.add_argument("--content", required=True)
+    tf.add_argument("--style", required=True)
+    tf.add_argument("--out", required=True)
+    tf.add_argument("--snapshot", type=int, default=0, help="which TOM snapshot draws the sketch")
+    tf.add_argument("--sketch-out", help="also save the intermediate sketch here")
+    tf.set_defaults(func=_cmd_transfer)
+
+    ex = jobs.add_parser("export", help="bundle TOM + AE + refiner runs into one shareable model folder")
+    ex.add_argument("--ae", required=True, help="auto-encoder run folder")
+    ex.add_argument("--gan", help="GAN run folder (its EMA refiner)")
+    ex.add_argument("--tom", help="TOM run folder (needed for `s2i transfer`)")
+    ex.add_argument("--data", help="a line describing the training data, for the model card")
+    ex.add_argument("--out", required=True)
+    ex.set_defaults(func=_cmd_export)
 
     demo = jobs.add_parser("demo", help="offline end-to-end demo on the built-in OpenMoji data")
     demo.add_argument("--out", default="s2i-demo", help="demo folder (resumable)")

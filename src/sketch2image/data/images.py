@@ -24,6 +24,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
     "ImageFolder",
+    "as_rgb",
     "open_rgb",
     "resize_square",
     "scan_images",
@@ -61,7 +62,7 @@ def _gray_to_rgb(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.repeat(arr[:, :, None], 3, axis=2), "RGB")
 
 
-def _as_rgb(img: Image.Image) -> Image.Image:
+def as_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB. PIL's own convert clips high-bit-depth data, so scale by hand."""
     mode = img.mode
     if mode == "RGB":
@@ -103,7 +104,7 @@ def open_rgb(path: str | os.PathLike[str], *, draft: int | None = None) -> Image
                 if draft is not None and im.format == "JPEG":
                     im.draft("RGB", (2 * draft, 2 * draft))  # only scales JPEGs; never changes their mode
                 im.load()  # truncated files raise here (ImageFile.LOAD_TRUNCATED_IMAGES is left False)
-                out = _as_rgb(ImageOps.exif_transpose(im))
+                out = as_rgb(ImageOps.exif_transpose(im))
                 return out.copy() if out is im else out  # `im` is invalid once the with-block closes it
     except InputError:
         raise
@@ -124,7 +125,7 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
 
 def _to_uint8(img: Image.Image) -> torch.Tensor:
     """3xHxW uint8 tensor (copied, so it owns writable memory)."""
-    arr = np.array(_as_rgb(img), dtype=np.uint8)
+    arr = np.array(as_rgb(img), dtype=np.uint8)
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 

@@ -1,0 +1,233 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from sketch2image.cli import main
+from sketch2image.configs import AEConfig, GANConfig
+from sketch2image.errors import CheckpointError, InputError
+from sketch2image.nets.autoencoder import SketchAutoEncoder
+from sketch2image.nets.refiner import Refiner
+from sketch2image.pipeline import Sketch2Image, export_model, normalize_sketch, stitch
+from sketch2image.train.ae import save_pretrained
+from sketch2image.train.gan import save_refiner
+from sketch2image.train.tom import train_tom
+
+
+def _sketch_png(path, size=(40, 40), invert=False, rgba=False):
+    img = Image.new("L", size, 255)
+    d = ImageDraw.Draw(img)
+    d.rectangle((size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4), outline=0, width=2)
+    if invert:
+        img = Image.eval(img, lambda v: 255 - v)
+    if rgba:
+        rgba_img = Image.new("RGBA", size, (0, 0, 0, 0))
+        rgba_img.putalpha(Image.eval(img, lambda v: 255 - v))  # lines opaque black, background transparent
+        img = rgba_img
+    img.save(path)
+    return path
+
+
+@pytest.fixture
+def model_dir(tmp_path, image_dir, sketch_dir, tiny_tom):
+    torch.manual_seed(0)
+    ae = SketchAutoEncoder(AEConfig(size=32, width=8, max_width=32, style_dim=16, content_res=8))
+    save_pretrained(ae, tmp_path / "ae_run" / "model")
+    ref = Refiner(GANConfig(width=8, max_width=16, levels=2), style_dim=16)
+    for inj in ref.style:
+        torch.nn.init.normal_(inj.proj.weight)
+    save_refiner(ref, 16, tmp_path / "gan_run" / "model")
+    train_tom(tiny_tom, image_dir, sketch_dir, tmp_path / "tom_run", progress=False)
+    return export_model(
+        tmp_path / "model",
+        ae_run=tmp_path / "ae_run",
+        gan_run=tmp_path / "gan_run",
+        tom_run=tmp_path / "tom_run",
+        data="tiny shapes",
+    )
+
+
+# --- sketch normalisation ----------------------------------------------------------------------
+
+
+def test_normalize_sketch_variants(tmp_path):
+    plain = normalize_sketch(_sketch_png(tmp_path / "a.png"), 32)
+    assert plain.shape == (1, 32, 32) and plain.min() < 0.5 and np.median(plain.numpy()) > 0.9
+    inverted = normalize_sketch(_sketch_png(tmp_path / "b.png", invert=True), 32)
+    assert torch.allclose(inverted, plain, atol=0.02)  # white-on-black detected and inverted
+    transparent = normalize_sketch(_sketch_png(tmp_path / "c.png", rgba=True), 32)
+    assert torch.allclose(transparent, plain, atol=0.02)  # alpha composited on white
+    wide = normalize_sketch(_sketch_png(tmp_path / "d.png", size=(80, 20)), 32)
+    assert (wide[0, :10] > 0.99).all() and (wide[0, -10:] > 0.99).all()  # padded with white, not stretched
+    colour = Image.new("RGB", (30, 30), (255, 255, 255))
+    ImageDraw.Draw(colour).line((0, 15, 30, 15), fill=(200, 0, 0), width=3)
+    assert normalize_sketch(colour, 32).shape == (1, 32, 32)
+    with pytest.raises(InputError, match="blank"):
+        normalize_sketch(Image.new("L", (20, 20), 255), 32)
+    with pytest.raises(InputError, match="blank"):
+        normalize_sketch(Image.new("L", (20, 20), 0), 32)  # all black: inverted to all white
+
+
+def test_stitch_halves_and_quadrants():
+    s = torch.stack([torch.full((3, 4, 4), float(i)) for i in range(4)])
+    two = stitch(s[:2])
+    assert (two[:, :, :2] == 0).all() and (two[:, :, 2:] == 1).all()
+    four = stitch(s)
+    assert four[0, 0, 0] == 0 and four[0, 0, 3] == 1 and four[0, 3, 0] == 2 and four[0, 3, 3] == 3
+    with pytest.raises(InputError):
+        stitch(s[:3])
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+
+def test_generate_mix_transfer(model_dir, tmp_path, image_dir):
+    model = Sketch2Image.from_pretrained(model_dir)
+    sk = _sketch_png(tmp_path / "s.png", size=(50, 30))
+    styles = sorted(image_dir.glob("*.png"))[:2]
+    one = model.generate(sk, styles[0])
+    assert one.shape == (1, 3, 32, 32) and 0 <= one.min() and one.max() <= 1
+    assert model.generate([sk, sk], styles).shape == (2, 3, 32, 32)
+    assert model.generate(sk, styles).shape == (2, 3, 32, 32)  # one sketch broadcast over styles
+    ae_only = model.generate(sk, styles[0], refine=False)
+    assert not torch.allclose(ae_only, one)
+    # vector mixing with all weight on one style equals that style
+    assert torch.allclose(model.mix(sk, styles, [1.0, 0.0], "vector"), one, atol=1e-5)
+    assert torch.allclose(model.mix(sk, [styles[0], styles[0]], mode="stitch"), one, atol=1e-5)
+    assert not torch.allclose(model.mix(sk, styles, [0.0, 1.0], "vector"), one)
+    with pytest.raises(InputError, match="weights"):
+        model.mix(sk, styles, [1.0], "vector")
+    last = model.tom.generators[0].body[-1]  # a 4-step TOM draws near-white; steer its output bias
+    with torch.no_grad():
+        last.bias.fill_(10.0)
+    with pytest.raises(InputError, match="empty sketch"):
+        model.transfer(styles[0], styles[1])
+    with torch.no_grad():
+        last.bias.fill_(-1.0)
+    out, sketches = model.transfer(styles[0], styles[1])
+    assert out.shape == (1, 3, 32, 32) and sketches.shape == (1, 1, 32, 32)
+    expected = model.decode(sketches, model.style_vectors(model.prepare_styles([styles[1]])), True)
+    assert torch.allclose(out, expected, atol=1e-5)
+    card = (model_dir / "README.md").read_text()
+    assert "tiny shapes" in card and "3 TOM snapshots" in card
+
+
+def test_from_pretrained_refuses_bad_folders(model_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="sketch2image.json"):
+        Sketch2Image.from_pretrained(tmp_path)
+    info = json.loads((model_dir / "sketch2image.json").read_text())
+    (model_dir / "sketch2image.json").write_text(json.dumps({**info, "format": "sketch2image.model/99"}))
+    with pytest.raises(CheckpointError, match="model/99"):
+        Sketch2Image.from_pretrained(model_dir)
+    (model_dir / "sketch2image.json").write_text(json.dumps(info))
+    (model_dir / "ae" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="weights missing"):
+        Sketch2Image.from_pretrained(model_dir)
+
+
+def test_export_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(CheckpointError):
+        export_model(tmp_path / "out", ae_run=tmp_path / "no_ae")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+# --- CLI bad input: one line, exit != 0, nothing written -------------------------------------------
+
+
+def _bad_inputs(tmp_path, image_dir):
+    (tmp_path / "notes.png").write_text("not an image")
+    Image.new("L", (30, 30), 255).save(tmp_path / "blank.png")
+    (tmp_path / "empty_styles").mkdir()
+    (tmp_path / "empty_styles" / "readme.txt").write_text("no images here")
+    good_style = str(sorted(image_dir.glob("*.png"))[0])
+    good_sketch = str(_sketch_png(tmp_path / "ok.png"))
+    return good_sketch, good_style
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("missing_sketch", "missing.png"),
+        ("non_image", "notes.png"),
+        ("blank", "blank"),
+        ("huge", "too large"),
+        ("empty_style_dir", "empty_styles"),
+        ("incomplete_model", "sketch2image.json"),
+        ("other_version", "model/2"),
+    ],
+)
+def test_generate_bad_input(case, needle, model_dir, tmp_path, image_dir, capsys, monkeypatch):
+    good_sketch, good_style = _bad_inputs(tmp_path, image_dir)
+    model, sketch, style = str(model_dir), good_sketch, good_style
+    if case == "missing_sketch":
+        sketch = str(tmp_path / "missing.png")
+    elif case == "non_image":
+        sketch = str(tmp_path / "notes.png")
+    elif case == "blank":
+        sketch = str(tmp_path / "blank.png")
+    elif case == "huge":
+        import sketch2image.data.images as images
+
+        monkeypatch.setattr(images, "MAX_PIXELS", 100)
+    elif case == "empty_style_dir":
+        style = str(tmp_path / "empty_styles")
+    elif case == "incomplete_model":
+        (model_dir / "sketch2image.json").unlink()
+    elif case == "other_version":
+        info = json.loads((model_dir / "sketch2image.json").read_text())
+        (model_dir / "sketch2image.json").write_text(json.dumps({**info, "format": "sketch2image.model/2"}))
+    out = tmp_path / "outputs"
+    rc = main(["generate", "--model", model, "--sketch", sketch, "--style", style, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_generate_folders_cross_and_paired(model_dir, tmp_path, image_dir):
+    sk_dir = tmp_path / "user_sketches"
+    sk_dir.mkdir()
+    _sketch_png(sk_dir / "img0.png")
+    _sketch_png(sk_dir / "img1.png", size=(20, 50))
+    out = tmp_path / "cross"
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(model_dir),
+                "--sketch",
+                str(sk_dir),
+                "--style",
+                str(image_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert len(list(out.rglob("*.png"))) == 2 * 6
+    assert (out / "img1__sub" / "nested.png").is_file()
+    paired = tmp_path / "paired"
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(model_dir),
+                "--sketch",
+                str(sk_dir),
+                "--style",
+                str(image_dir),
+                "--out",
+                str(paired),
+                "--pair-by-name",
+                "--no-refine",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in paired.glob("*.png")) == ["img0.png", "img1.png"]
+    assert Image.open(paired / "img0.png").size == (32, 32)
