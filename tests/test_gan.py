@@ -46,6 +46,9 @@ def test_refiner_and_discriminator_shapes():
 def test_refiner_uses_style_and_noise():
     torch.manual_seed(0)
     g = Refiner(tiny_gan(), style_dim=16).eval()
+    x0 = torch.rand(2, 3, 32, 32) * 0.9 + 0.05
+    assert torch.allclose(g(x0, torch.randn(2, 16)), x0, atol=1e-5)  # identity on the AE output at start
+    torch.nn.init.normal_(g.to_rgb.weight, std=0.1)
     for inj in g.style:
         torch.nn.init.normal_(inj.proj.weight)
     x, s = torch.rand(1, 3, 32, 32), torch.randn(1, 16)

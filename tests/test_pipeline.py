@@ -36,6 +36,7 @@ def model_dir(tmp_path, image_dir, sketch_dir, tiny_tom):
     ae = SketchAutoEncoder(AEConfig(size=32, width=8, max_width=32, style_dim=16, content_res=8))
     save_pretrained(ae, tmp_path / "ae_run" / "model")
     ref = Refiner(GANConfig(width=8, max_width=16, levels=2), style_dim=16)
+    torch.nn.init.normal_(ref.to_rgb.weight, std=0.1)  # a refiner that is not the identity any more
     for inj in ref.style:
         torch.nn.init.normal_(inj.proj.weight)
     save_refiner(ref, 16, tmp_path / "gan_run" / "model")

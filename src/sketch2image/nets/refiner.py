@@ -28,7 +28,7 @@ class NoiseInjection(nn.Module):
 
 
 class Refiner(nn.Module):
-    """G2: AE output (+ style vector, + noise) → refined image in [0, 1]."""
+    """G2: AE output (+ style vector, + noise) → refined image in [0, 1], as a residual on the AE output."""
 
     def __init__(self, cfg: GANConfig, style_dim: int) -> None:
         super().__init__()
@@ -46,7 +46,11 @@ class Refiner(nn.Module):
         dec = [ch[cfg.levels]] + [ch[i] for i in reversed(range(cfg.levels))]  # decoder levels, coarse first
         self.noise = nn.ModuleList(NoiseInjection(c) for c in dec) if cfg.noise else None
         self.style = nn.ModuleList(StyleInjection(style_dim, c, "mul") for c in dec) if cfg.use_style else None
+        # Residual in logit space, zero at start: G2 begins as the identity on the AE output and
+        # learns only the correction, so a short training run can never end worse than the AE.
         self.to_rgb = nn.Conv2d(ch[0], 3, 3, padding=1)
+        nn.init.zeros_(self.to_rgb.weight)
+        nn.init.zeros_(self.to_rgb.bias)
 
     def _inject(self, i: int, h: torch.Tensor, style: torch.Tensor | None, generator) -> torch.Tensor:
         if self.noise is not None:
@@ -67,7 +71,7 @@ class Refiner(nn.Module):
         for i, (up, fuse) in enumerate(zip(self.up, self.fuse, strict=True)):
             h = fuse(torch.cat([up(h), skips.pop()], dim=1))
             h = self._inject(i + 1, h, style, generator)
-        return torch.tanh(self.to_rgb(h)) * 0.5 + 0.5
+        return torch.sigmoid(torch.logit(x_ae.clamp(1e-3, 1 - 1e-3)) + self.to_rgb(h))
 
 
 class PatchDiscriminator(nn.Module):
