@@ -232,3 +232,20 @@ def test_generate_folders_cross_and_paired(model_dir, tmp_path, image_dir):
     )
     assert sorted(p.name for p in paired.glob("*.png")) == ["img0.png", "img1.png"]
     assert Image.open(paired / "img0.png").size == (32, 32)
+
+
+def test_demo_result_grid(model_dir, tmp_path):
+    from sketch2image.data.openmoji import render_openmoji
+    from sketch2image.demo import result_grid
+
+    data = tmp_path / "om"
+    render_openmoji(data, 32, limit=30, test_fraction=0.3, n_sketches=4, workers=1, progress=False)
+    model = Sketch2Image.from_pretrained(model_dir)
+    frame = torch.ones(1, 1, 32, 32)
+    frame[..., 8:24, 8] = 0  # a 4-step TOM draws near-white: stand in a sketcher that draws a line
+    model.tom = lambda images: frame.expand(len(images), 3, -1, -1)
+    grid = Image.open(result_grid(model, data, tmp_path / "grid.png", n_styles=3))
+    cell = 32 + 2
+    # rows: header, 4 line-art, 2 TOM, mixing, transfer, its content images = 10;
+    # columns: the mixing row is widest (reference + stitched + 3 vector weights) = 5
+    assert grid.size == (5 * cell + 2, 10 * cell + 2)
