@@ -12,7 +12,6 @@ Writes a run folder: ``config.json``, ``model/`` (save_pretrained), ``checkpoint
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from sketch2image.configs import AEConfig, load_config, to_dict
 from sketch2image.data.augment import mask_regions, random_affine, thicken
@@ -29,9 +27,8 @@ from sketch2image.errors import CheckpointError, S2IError
 from sketch2image.losses import content_triplet, style_triplet, uniform_prediction_loss
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.train import checkpoint as ckpt
-from sketch2image.train.common import JsonlLog, prepare_run_dir, save_grid, seed_everything
+from sketch2image.train.common import prepare_run_dir, run_steps, save_grid, seed_everything
 
-log = logging.getLogger("sketch2image")
 MODEL_FORMAT = "sketch2image.autoencoder/1"
 
 
@@ -236,8 +233,6 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
         vgg = load_vgg().to(acc.device)
     trainer = AETrainer(cfg, len(data), acc, vgg)
     start = ckpt.resume_step(run_dir, trainer.load_state, resume)
-    if start:
-        log.info("resuming %s from step %d", run_dir, start)
     if acc.is_main_process:
         counts = acc.unwrap_model(trainer.model).parameter_counts()
         print(
@@ -245,27 +240,20 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
             + ", ".join(f"{k} {v:,}" for k, v in counts.items())
             + f" params; dmi={cfg.dmi}, style={cfg.style_injection}; steps {start}->{cfg.steps}"
         )
-    logger = JsonlLog(run_dir / "log.jsonl", acc.is_main_process)
     tb = _tensorboard(run_dir) if cfg.tensorboard and acc.is_main_process else None
-    bar = tqdm(total=cfg.steps, initial=start, desc="AE", disable=not (progress and acc.is_main_process))
-    for step in range(start + 1, cfg.steps + 1):
-        losses = trainer.step(data, step)
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
-            logger.write(step=step, **losses)
-            if tb is not None:
-                for k, v in losses.items():
-                    tb.add_scalar(f"ae/{k}", v, step)
-        if acc.is_main_process and (step % cfg.sample_every == 0 or step == cfg.steps):
-            sample_grid(trainer, data, run_dir / "samples" / f"step_{step:07d}.png")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            tensors, meta = trainer.state()
-            if acc.is_main_process:
-                ckpt.save_checkpoint(run_dir, step, tensors, {**meta, "config": to_dict(cfg)}, cfg.keep_checkpoints)
-                save_pretrained(acc.unwrap_model(trainer.model), run_dir / "model")
-    bar.close()
-    acc.wait_for_everyone()
+    run_steps(
+        acc,
+        trainer,
+        cfg,
+        run_dir,
+        start,
+        desc="AE",
+        step_fn=lambda step: trainer.step(data, step),
+        sample_fn=lambda path: sample_grid(trainer, data, path),
+        save_model=lambda: save_pretrained(acc.unwrap_model(trainer.model), run_dir / "model"),
+        progress=progress,
+        tensorboard=tb,
+    )
     return run_dir
 
 

@@ -10,6 +10,7 @@ the previous checkpoint intact. Nothing is pickled.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -208,4 +209,5 @@ def resume_step(run_dir: Path, load: Any, resume: bool) -> int:
         return 0
     tensors, meta = load_checkpoint(latest)
     load(tensors, meta, str(latest))
+    logging.getLogger("sketch2image").info("resuming %s from step %d", run_dir, meta["step"])
     return int(meta["step"])

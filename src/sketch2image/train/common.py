@@ -75,3 +75,48 @@ def prepare_run_dir(run_dir: Path, cfg: Any, resume: bool, mutable: tuple[str, .
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg_path, to_dict(cfg))
     return cfg
+
+
+def run_steps(
+    acc,
+    trainer,
+    cfg,
+    run_dir: Path,
+    start: int,
+    *,
+    desc: str,
+    step_fn,
+    sample_fn,
+    save_model,
+    progress: bool = True,
+    tensorboard=None,
+) -> None:
+    """The loop the AE and GAN stages share: step, log, sample grid, checkpoint + model folder.
+
+    ``step_fn(step) -> losses``; ``sample_fn(path)`` draws a grid; ``save_model()`` writes ``model/``.
+    Logging, grids and files happen on the main process only.
+    """
+    from tqdm.auto import tqdm
+
+    from sketch2image.train import checkpoint as ckpt
+
+    logger = JsonlLog(run_dir / "log.jsonl", acc.is_main_process)
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (progress and acc.is_main_process))
+    for step in range(start + 1, cfg.steps + 1):
+        losses = step_fn(step)
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            logger.write(step=step, **losses)
+            if tensorboard is not None:
+                for k, v in losses.items():
+                    tensorboard.add_scalar(f"{desc.lower()}/{k}", v, step)
+        if acc.is_main_process and (step % cfg.sample_every == 0 or step == cfg.steps):
+            sample_fn(run_dir / "samples" / f"step_{step:07d}.png")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            tensors, meta = trainer.state()
+            if acc.is_main_process:
+                ckpt.save_checkpoint(run_dir, step, tensors, {**meta, "config": to_dict(cfg)}, cfg.keep_checkpoints)
+                save_model()
+    bar.close()
+    acc.wait_for_everyone()

@@ -12,13 +12,11 @@ Writes a run folder: ``config.json``, ``run.json`` (which AE), ``model/`` (EMA r
 from __future__ import annotations
 
 import copy
-import logging
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from sketch2image.configs import GANConfig, load_config, to_dict
 from sketch2image.data.paired import PairedData
@@ -28,9 +26,8 @@ from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import PatchDiscriminator, Refiner, ema_update
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.ae import from_pretrained as load_ae
-from sketch2image.train.common import JsonlLog, prepare_run_dir, save_grid, seed_everything
+from sketch2image.train.common import prepare_run_dir, run_steps, save_grid, seed_everything
 
-log = logging.getLogger("sketch2image")
 MODEL_FORMAT = "sketch2image.refiner/1"
 
 
@@ -149,29 +146,22 @@ def train_gan(
     seed_everything(cfg.seed)
     trainer = GANTrainer(cfg, ae, acc)
     start = ckpt.resume_step(run_dir, trainer.load_state, resume)
-    if start:
-        log.info("resuming %s from step %d", run_dir, start)
     if acc.is_main_process:
         n_g = sum(p.numel() for p in trainer.g_ema.parameters())
         n_d = sum(p.numel() for p in acc.unwrap_model(trainer.d).parameters())
         print(
             f"GAN: {len(data)} images, {ae.cfg.size}px, G2 {n_g:,} params, D {n_d:,} params; steps {start}->{cfg.steps}"
         )
-    logger = JsonlLog(run_dir / "log.jsonl", acc.is_main_process)
-    bar = tqdm(total=cfg.steps, initial=start, desc="GAN", disable=not (progress and acc.is_main_process))
-    for step in range(start + 1, cfg.steps + 1):
-        losses = trainer.step(data, step)
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
-            logger.write(step=step, **losses)
-        if acc.is_main_process and (step % cfg.sample_every == 0 or step == cfg.steps):
-            sample_grid(trainer, data, run_dir / "samples" / f"step_{step:07d}.png")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            tensors, meta = trainer.state()
-            if acc.is_main_process:
-                ckpt.save_checkpoint(run_dir, step, tensors, {**meta, "config": to_dict(cfg)}, cfg.keep_checkpoints)
-                save_refiner(trainer.g_ema, ae.cfg.style_dim, run_dir / "model")
-    bar.close()
-    acc.wait_for_everyone()
+    run_steps(
+        acc,
+        trainer,
+        cfg,
+        run_dir,
+        start,
+        desc="GAN",
+        step_fn=lambda step: trainer.step(data, step),
+        sample_fn=lambda path: sample_grid(trainer, data, path),
+        save_model=lambda: save_refiner(trainer.g_ema, ae.cfg.style_dim, run_dir / "model"),
+        progress=progress,
+    )
     return run_dir

@@ -228,8 +228,6 @@ def train_tom(
     trainer = TOMTrainer(cfg, vgg, stats, acc)
 
     start = ckpt.resume_step(run_dir, trainer.load_state, resume)
-    if start:
-        log.info("resuming %s from step %d", run_dir, start)
     if start >= cfg.steps:
         return run_dir
 
