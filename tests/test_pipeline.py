@@ -192,44 +192,13 @@ def test_generate_folders_cross_and_paired(model_dir, tmp_path, image_dir):
     sk_dir.mkdir()
     _sketch_png(sk_dir / "img0.png")
     _sketch_png(sk_dir / "img1.png", size=(20, 50))
+    args = ["generate", "--model", str(model_dir), "--sketch", str(sk_dir), "--style", str(image_dir)]
     out = tmp_path / "cross"
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                str(model_dir),
-                "--sketch",
-                str(sk_dir),
-                "--style",
-                str(image_dir),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main([*args, "--out", str(out)]) == 0
     assert len(list(out.rglob("*.png"))) == 2 * 6
     assert (out / "img1__sub" / "nested.png").is_file()
     paired = tmp_path / "paired"
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                str(model_dir),
-                "--sketch",
-                str(sk_dir),
-                "--style",
-                str(image_dir),
-                "--out",
-                str(paired),
-                "--pair-by-name",
-                "--no-refine",
-            ]
-        )
-        == 0
-    )
+    assert main([*args, "--out", str(paired), "--pair-by-name", "--no-refine"]) == 0
     assert sorted(p.name for p in paired.glob("*.png")) == ["img0.png", "img1.png"]
     assert Image.open(paired / "img0.png").size == (32, 32)
 

@@ -26,22 +26,25 @@ def _cmd_data_openmoji(args: argparse.Namespace) -> None:
     print(f"OpenMoji rendered at {args.size}px: {manifest}")
 
 
-def _tom_config(args: argparse.Namespace):
-    from sketch2image.configs import TOMConfig, apply_overrides
+def _config(args: argparse.Namespace, base):
+    """The stage config: ``base`` with every ``--set KEY=VALUE`` and then the named options applied."""
+    from sketch2image.configs import apply_overrides
 
-    cfg = TOMConfig()
-    sets = list(args.set or [])
-    for key in ("size", "steps", "batch_size", "snapshots", "seed"):
-        val = getattr(args, key, None)
-        if val is not None:
-            sets.append(f"{key}={val}")
-    return apply_overrides(cfg, sets)
+    sets = [
+        f"{key}={getattr(args, key)}"
+        for key in ("size", "steps", "batch_size", "snapshots", "seed")
+        if getattr(args, key, None) is not None
+    ]
+    return apply_overrides(base, list(args.set or []) + sets)  # named options win, as before
 
 
 def _cmd_tom_train(args: argparse.Namespace) -> None:
+    from sketch2image.configs import TOMConfig
     from sketch2image.train.tom import train_tom
 
-    run = train_tom(_tom_config(args), Path(args.images), Path(args.sketches), Path(args.out), resume=args.resume)
+    run = train_tom(
+        _config(args, TOMConfig()), Path(args.images), Path(args.sketches), Path(args.out), resume=args.resume
+    )
     print(f"TOM run: {run} (snapshots in {run / 'snapshots'}, samples in {run / 'samples'})")
 
 
@@ -54,15 +57,10 @@ def _cmd_tom_sketch(args: argparse.Namespace) -> None:
 
 
 def _cmd_ae_train(args: argparse.Namespace) -> None:
-    from sketch2image.configs import AEConfig, apply_overrides
+    from sketch2image.configs import AEConfig
     from sketch2image.train.ae import train_ae
 
-    sets = list(args.set or [])
-    for key in ("steps", "batch_size", "seed"):
-        if getattr(args, key) is not None:
-            sets.append(f"{key}={getattr(args, key)}")
-    cfg = apply_overrides(AEConfig.preset(args.preset), sets)
-    run = train_ae(cfg, Path(args.data), Path(args.out), resume=args.resume)
+    run = train_ae(_config(args, AEConfig.preset(args.preset)), Path(args.data), Path(args.out), resume=args.resume)
     print(f"AE run: {run} (model in {run / 'model'}, samples in {run / 'samples'})")
 
 
@@ -79,15 +77,10 @@ def _cmd_ae_recon(args: argparse.Namespace) -> None:
 
 
 def _cmd_gan_train(args: argparse.Namespace) -> None:
-    from sketch2image.configs import GANConfig, apply_overrides
+    from sketch2image.configs import GANConfig
     from sketch2image.train.gan import train_gan
 
-    sets = list(args.set or [])
-    for key in ("steps", "batch_size", "seed"):
-        if getattr(args, key) is not None:
-            sets.append(f"{key}={getattr(args, key)}")
-    cfg = apply_overrides(GANConfig(), sets)
-    run = train_gan(cfg, Path(args.ae), Path(args.data), Path(args.out), resume=args.resume)
+    run = train_gan(_config(args, GANConfig()), Path(args.ae), Path(args.data), Path(args.out), resume=args.resume)
     print(f"GAN run: {run} (EMA refiner in {run / 'model'}, samples in {run / 'samples'})")
 
 
@@ -191,6 +184,16 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo figure: {figure.resolve()}")
 
 
+def _training_args(sp: argparse.ArgumentParser, config: str, example: str) -> None:
+    """Options every training command shares; --set reaches any field of the stage's config."""
+    sp.add_argument("--out", required=True, help="run folder")
+    sp.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    sp.add_argument("--steps", type=int)
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"any {config} field, e.g. {example}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="s2i", description="Self-supervised sketch-to-image synthesis.")
     p.add_argument("--version", action="version", version=f"sketch2image {__version__}")
@@ -212,14 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr = tom.add_parser("train", help="train TOM on an image folder and a few real sketches")
     tr.add_argument("--images", required=True, help="folder of RGB images (recursive)")
     tr.add_argument("--sketches", required=True, help="folder of real line drawings (20-60 is plenty)")
-    tr.add_argument("--out", required=True, help="run folder")
-    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    _training_args(tr, "TOMConfig", "--set w_gram=0.1")
     tr.add_argument("--size", type=int)
-    tr.add_argument("--steps", type=int)
-    tr.add_argument("--batch-size", type=int)
     tr.add_argument("--snapshots", type=int, help="K generator snapshots = K sketches per image")
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TOMConfig field, e.g. --set w_gram=0.1")
     tr.set_defaults(func=_cmd_tom_train)
 
     sk = tom.add_parser("sketch", help="render every snapshot's sketch for every image of a folder")
@@ -235,18 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     ae = jobs.add_parser("ae", help="stage 2: self-supervised auto-encoder").add_subparsers(dest="what", required=True)
     at = ae.add_parser("train", help="train the auto-encoder on a sketch manifest from `s2i tom sketch`")
     at.add_argument("--data", required=True, help="manifest.json written by `s2i tom sketch`")
-    at.add_argument("--out", required=True, help="run folder")
     at.add_argument("--preset", type=int, default=64, help="resolution preset: 64, 128, 256, 512 or 1024")
-    at.add_argument("--resume", action="store_true")
-    at.add_argument("--steps", type=int)
-    at.add_argument("--batch-size", type=int)
-    at.add_argument("--seed", type=int)
-    at.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="any AEConfig field, e.g. --set dmi=sketch --set w_style_cls=0",
-    )
+    _training_args(at, "AEConfig", "--set dmi=sketch --set w_style_cls=0")
     at.set_defaults(func=_cmd_ae_train)
     ar = ae.add_parser("recon", help="paired reconstruction error on held-out images and their own sketches")
     ar.add_argument("--model", required=True, help="AE run folder or model folder")
@@ -260,12 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     gt = gan.add_parser("train", help="train the refiner on top of a frozen auto-encoder")
     gt.add_argument("--ae", required=True, help="auto-encoder run folder (from `s2i ae train`)")
     gt.add_argument("--data", required=True, help="manifest.json written by `s2i tom sketch`")
-    gt.add_argument("--out", required=True, help="run folder")
-    gt.add_argument("--resume", action="store_true")
-    gt.add_argument("--steps", type=int)
-    gt.add_argument("--batch-size", type=int)
-    gt.add_argument("--seed", type=int)
-    gt.add_argument("--set", action="append", metavar="KEY=VALUE", help="any GANConfig field, e.g. --set w_rec=10")
+    _training_args(gt, "GANConfig", "--set w_rec=10")
     gt.set_defaults(func=_cmd_gan_train)
 
     def model_args(sp: argparse.ArgumentParser) -> None:
