@@ -10,7 +10,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from sketch2image.configs import TOMConfig
+from sketch2image.configs import AEConfig, GANConfig, TOMConfig
+from sketch2image.nets.autoencoder import SketchAutoEncoder
+from sketch2image.nets.refiner import Refiner
+from sketch2image.pipeline import export_model
+from sketch2image.train.ae import save_pretrained
+from sketch2image.train.gan import save_refiner
+from sketch2image.train.tom import train_tom
 
 
 def _shapes(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> None:
@@ -92,3 +98,23 @@ def _make_manifest(tmp_path: Path, image_dir: Path, n_sk: int = 2) -> Path:
 @pytest.fixture
 def paired_manifest(tmp_path: Path, image_dir: Path) -> Path:
     return _make_manifest(tmp_path, image_dir)
+
+
+@pytest.fixture
+def model_dir(tmp_path, image_dir, sketch_dir, tiny_tom):
+    torch.manual_seed(0)
+    ae = SketchAutoEncoder(AEConfig(size=32, width=8, max_width=32, style_dim=16, content_res=8))
+    save_pretrained(ae, tmp_path / "ae_run" / "model")
+    ref = Refiner(GANConfig(width=8, max_width=16, levels=2), style_dim=16)
+    torch.nn.init.normal_(ref.to_rgb.weight, std=0.1)  # a refiner that is not the identity any more
+    for inj in ref.style:
+        torch.nn.init.normal_(inj.proj.weight)
+    save_refiner(ref, 16, tmp_path / "gan_run" / "model")
+    train_tom(tiny_tom, image_dir, sketch_dir, tmp_path / "tom_run", progress=False)
+    return export_model(
+        tmp_path / "model",
+        ae_run=tmp_path / "ae_run",
+        gan_run=tmp_path / "gan_run",
+        tom_run=tmp_path / "tom_run",
+        data="tiny shapes",
+    )

@@ -3,64 +3,24 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import sketch_png
 from PIL import Image, ImageDraw
 
 from sketch2image.cli import main
-from sketch2image.configs import AEConfig, GANConfig
 from sketch2image.errors import CheckpointError, InputError
-from sketch2image.nets.autoencoder import SketchAutoEncoder
-from sketch2image.nets.refiner import Refiner
 from sketch2image.pipeline import Sketch2Image, export_model, normalize_sketch, stitch
-from sketch2image.train.ae import save_pretrained
-from sketch2image.train.gan import save_refiner
-from sketch2image.train.tom import train_tom
-
-
-def _sketch_png(path, size=(40, 40), invert=False, rgba=False):
-    img = Image.new("L", size, 255)
-    d = ImageDraw.Draw(img)
-    d.rectangle((size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4), outline=0, width=2)
-    if invert:
-        img = Image.eval(img, lambda v: 255 - v)
-    if rgba:
-        rgba_img = Image.new("RGBA", size, (0, 0, 0, 0))
-        rgba_img.putalpha(Image.eval(img, lambda v: 255 - v))  # lines opaque black, background transparent
-        img = rgba_img
-    img.save(path)
-    return path
-
-
-@pytest.fixture
-def model_dir(tmp_path, image_dir, sketch_dir, tiny_tom):
-    torch.manual_seed(0)
-    ae = SketchAutoEncoder(AEConfig(size=32, width=8, max_width=32, style_dim=16, content_res=8))
-    save_pretrained(ae, tmp_path / "ae_run" / "model")
-    ref = Refiner(GANConfig(width=8, max_width=16, levels=2), style_dim=16)
-    torch.nn.init.normal_(ref.to_rgb.weight, std=0.1)  # a refiner that is not the identity any more
-    for inj in ref.style:
-        torch.nn.init.normal_(inj.proj.weight)
-    save_refiner(ref, 16, tmp_path / "gan_run" / "model")
-    train_tom(tiny_tom, image_dir, sketch_dir, tmp_path / "tom_run", progress=False)
-    return export_model(
-        tmp_path / "model",
-        ae_run=tmp_path / "ae_run",
-        gan_run=tmp_path / "gan_run",
-        tom_run=tmp_path / "tom_run",
-        data="tiny shapes",
-    )
-
 
 # --- sketch normalisation ----------------------------------------------------------------------
 
 
 def test_normalize_sketch_variants(tmp_path):
-    plain = normalize_sketch(_sketch_png(tmp_path / "a.png"), 32)
+    plain = normalize_sketch(sketch_png(tmp_path / "a.png"), 32)
     assert plain.shape == (1, 32, 32) and plain.min() < 0.5 and np.median(plain.numpy()) > 0.9
-    inverted = normalize_sketch(_sketch_png(tmp_path / "b.png", invert=True), 32)
+    inverted = normalize_sketch(sketch_png(tmp_path / "b.png", invert=True), 32)
     assert torch.allclose(inverted, plain, atol=0.02)  # white-on-black detected and inverted
-    transparent = normalize_sketch(_sketch_png(tmp_path / "c.png", rgba=True), 32)
+    transparent = normalize_sketch(sketch_png(tmp_path / "c.png", rgba=True), 32)
     assert torch.allclose(transparent, plain, atol=0.02)  # alpha composited on white
-    wide = normalize_sketch(_sketch_png(tmp_path / "d.png", size=(80, 20)), 32)
+    wide = normalize_sketch(sketch_png(tmp_path / "d.png", size=(80, 20)), 32)
     assert (wide[0, :10] > 0.99).all() and (wide[0, -10:] > 0.99).all()  # padded with white, not stretched
     colour = Image.new("RGB", (30, 30), (255, 255, 255))
     ImageDraw.Draw(colour).line((0, 15, 30, 15), fill=(200, 0, 0), width=3)
@@ -86,7 +46,7 @@ def test_stitch_halves_and_quadrants():
 
 def test_generate_mix_transfer(model_dir, tmp_path, image_dir):
     model = Sketch2Image.from_pretrained(model_dir)
-    sk = _sketch_png(tmp_path / "s.png", size=(50, 30))
+    sk = sketch_png(tmp_path / "s.png", size=(50, 30))
     styles = sorted(image_dir.glob("*.png"))[:2]
     one = model.generate(sk, styles[0])
     assert one.shape == (1, 3, 32, 32) and 0 <= one.min() and one.max() <= 1
@@ -143,7 +103,7 @@ def _bad_inputs(tmp_path, image_dir):
     (tmp_path / "empty_styles").mkdir()
     (tmp_path / "empty_styles" / "readme.txt").write_text("no images here")
     good_style = str(sorted(image_dir.glob("*.png"))[0])
-    good_sketch = str(_sketch_png(tmp_path / "ok.png"))
+    good_sketch = str(sketch_png(tmp_path / "ok.png"))
     return good_sketch, good_style
 
 
@@ -190,8 +150,8 @@ def test_generate_bad_input(case, needle, model_dir, tmp_path, image_dir, capsys
 def test_generate_folders_cross_and_paired(model_dir, tmp_path, image_dir):
     sk_dir = tmp_path / "user_sketches"
     sk_dir.mkdir()
-    _sketch_png(sk_dir / "img0.png")
-    _sketch_png(sk_dir / "img1.png", size=(20, 50))
+    sketch_png(sk_dir / "img0.png")
+    sketch_png(sk_dir / "img1.png", size=(20, 50))
     args = ["generate", "--model", str(model_dir), "--sketch", str(sk_dir), "--style", str(image_dir)]
     out = tmp_path / "cross"
     assert main([*args, "--out", str(out)]) == 0

@@ -177,6 +177,52 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"model folder: {out}")
 
 
+def load_for_eval(model: str, tom: str | None = None, device: str = "cpu"):
+    """A model folder (from `s2i export`) or a bare auto-encoder run folder, plus optional TOM."""
+    from sketch2image.pipeline import Sketch2Image
+    from sketch2image.sketcher import TOMSketcher
+    from sketch2image.train.ae import from_pretrained
+
+    path = Path(model)
+    if (path / "sketch2image.json").is_file():
+        m = Sketch2Image.from_pretrained(path, device)
+    else:
+        m = Sketch2Image(from_pretrained(path, device), device=device)
+    if tom is not None:
+        m.tom = TOMSketcher.from_pretrained(tom, device=device)
+    return m
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from sketch2image.errors import InputError
+    from sketch2image.metrics.evaluate import (
+        evaluate,
+        held_out_dirs,
+        load_held_out,
+        parse_metrics,
+        report_markdown,
+        write_report,
+    )
+
+    metrics = parse_metrics(args.metrics)  # a typo fails before anything loads
+    if args.data:
+        images, sketches = held_out_dirs(args.data)
+    elif args.images and args.sketches:
+        images, sketches = Path(args.images), Path(args.sketches)
+    else:
+        raise InputError("give --data DIR, or both --images and --sketches")
+    model = load_for_eval(args.model, args.tom, args.device)
+    ids, x, s = load_held_out(images, sketches, model.size, args.limit)
+    print(f"evaluating {args.model} on {len(ids)} held-out pairs ({images} + {sketches})")
+    report = evaluate(model, x, s, metrics, refine=not args.no_refine, seed=args.seed, batch_size=args.batch_size,
+                      cache_dir=Path(args.cache) if args.cache else None, inception_path=args.inception)  # fmt: skip
+    report["model"], report["images"], report["sketches"] = str(args.model), str(images), str(sketches)
+    out = Path(args.out)
+    write_report(report, out, out.with_suffix(".md"), title=f"Evaluation of {args.model}")
+    print(report_markdown(report, f"Evaluation of {args.model}"))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from sketch2image.demo import run_demo
 
@@ -294,6 +340,26 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data", help="a line describing the training data, for the model card")
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=_cmd_export)
+
+    ev = jobs.add_parser("eval", help="FID/KID, SR, perceptual distance, PSNR/SSIM, Skt-Rec, Sty-Rec on held-out data")
+    ev.add_argument("--model", required=True, help="model folder from `s2i export`, or an auto-encoder run folder")
+    ev.add_argument(
+        "--data", help="data folder with a held-out split (images/test + lines/test, or images/ + sketches/)"
+    )
+    ev.add_argument("--images", help="held-out images (instead of --data)")
+    ev.add_argument("--sketches", help="their sketches, same relative file names (instead of --data)")
+    ev.add_argument("--metrics", default="fid,kid,sr,sty_rec,skt_rec,vgg_perceptual,psnr,ssim",
+                    help="comma-separated names, or 'all'")  # fmt: skip
+    ev.add_argument("--tom", help="TOM run folder for skt_rec when the model folder has none")
+    ev.add_argument("--out", default="eval.json", help="JSON report; a markdown table is written beside it")
+    ev.add_argument("--no-refine", action="store_true", help="evaluate the auto-encoder output alone")
+    ev.add_argument("--limit", type=int, help="only the first N held-out pairs")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--cache", help="folder for cached reference statistics (default $S2I_CACHE_DIR or ~/.cache)")
+    ev.add_argument("--inception", help="explicit path to the FID Inception file (default: the installed package's)")
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=_cmd_eval)
 
     demo = jobs.add_parser("demo", help="offline end-to-end demo on the built-in OpenMoji data")
     demo.add_argument("--out", default="s2i-demo", help="demo folder (resumable)")

@@ -100,10 +100,20 @@ class PairedData:
         return cls([i for i, _, _ in items], images, sketches)
 
 
-def load_pairs_by_id(images: Path, sketches: Path, size: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """Two folders whose files share ids (e.g. held-out images and their real line art) → matched tensors."""
+def load_pairs_by_id(
+    images: Path, sketches: Path, size: int, *, strict: bool = False
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Two folders whose files share ids (e.g. held-out images and their real line art) → matched tensors.
+
+    ``strict``: an unreadable file is an error rather than a skipped pair (evaluation must not
+    quietly shrink its test set).
+    """
     imgs = ImageFolder(images, size, progress=False)
     skts = ImageFolder(sketches, size, progress=False)
+    broken = imgs.skipped + skts.skipped
+    if strict and broken:
+        listed = "; ".join(why for _, why in broken[:3])
+        raise InputError(f"{len(broken)} unreadable file(s) in the evaluation data: {listed}")
     common = sorted(set(imgs.ids) & set(skts.ids))
     if not common:
         raise InputError(f"{images} and {sketches}: no file ids in common (pairs are matched by relative name)")

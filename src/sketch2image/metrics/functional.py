@@ -1,0 +1,141 @@
+"""The measures themselves, as plain functions of tensors (images in [0, 1]).
+
+FID and KID are torchmetrics' implementations, fed with features we extract ourselves so
+that reference features can be cached and the same code serves any feature extractor.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sketch2image.losses import mean_std
+from sketch2image.nets.vgg import VGGEncoder
+
+SR_LAYERS = ("relu1_2", "relu2_2")
+PERCEPTUAL_LAYERS = ("relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_1")
+
+
+class _Features(nn.Module):
+    """Hands pre-computed feature rows to torchmetrics unchanged."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _check_features(real: torch.Tensor, fake: torch.Tensor) -> None:
+    if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"feature sets must be (N, D) with equal D, got {tuple(real.shape)} and {tuple(fake.shape)}")
+    if len(real) < 2 or len(fake) < 2:
+        raise ValueError(f"FID/KID need at least 2 samples per set, got {len(real)} real and {len(fake)} generated")
+
+
+def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two (N, D) feature sets."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    _check_features(real, fake)
+    metric = FrechetInceptionDistance(feature=_Features(real.shape[1]))
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    return float(metric.compute())
+
+
+def kid_from_features(
+    real: torch.Tensor, fake: torch.Tensor, *, subset_size: int = 1000, subsets: int = 100, seed: int = 0
+) -> tuple[float, float, int]:
+    """Kernel Inception Distance (mean, std over subsets, subset size used).
+
+    The subset size is capped at the smaller set, so small held-out splits still get a number.
+    """
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    _check_features(real, fake)
+    size = min(subset_size, len(real), len(fake))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*save all extracted features.*")  # we pass features, not images
+        metric = KernelInceptionDistance(feature=_Features(real.shape[1]), subsets=subsets, subset_size=size)
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the subsets are drawn from the global RNG
+        mean, std = metric.compute()
+    return float(mean), float(std), size
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1, eps=1e-8)
+
+
+def style_relevance(vgg: VGGEncoder, output: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """SR per sample: cosine of channel means and of channel stds of low-level VGG features,
+    output vs style image, averaged over the two statistics and over relu1_2 and relu2_2."""
+    fo, fs = vgg(output, SR_LAYERS), vgg(style, SR_LAYERS)
+    scores = []
+    for layer in SR_LAYERS:
+        (mo, so), (ms, ss) = mean_std(fo[layer]), mean_std(fs[layer])
+        scores.append(0.5 * (_cos(mo, ms) + _cos(so, ss)))
+    return torch.stack(scores).mean(0)
+
+
+def _unit(f: torch.Tensor) -> torch.Tensor:
+    return f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+
+
+def vgg_perceptual_distance(vgg: VGGEncoder, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """An LPIPS-shaped distance on VGG-19 features with equal (not learnt) layer weights.
+
+    Per layer: unit-normalise each position's channel vector, squared difference summed over
+    channels, averaged over positions; then averaged over layers. 0 for identical images.
+    This is *not* LPIPS and is never reported under that name.
+    """
+    fa, fb = vgg(a, PERCEPTUAL_LAYERS), vgg(b, PERCEPTUAL_LAYERS)
+    per_layer = [(_unit(fa[k]) - _unit(fb[k])).pow(2).sum(1).mean((1, 2)) for k in PERCEPTUAL_LAYERS]
+    return torch.stack(per_layer).mean(0)
+
+
+def psnr(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample PSNR in dB for images in [0, 1] (torchmetrics)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    return peak_signal_noise_ratio(output, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+
+
+def ssim(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample SSIM (Gaussian window 11, σ 1.5; torchmetrics)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return structural_similarity_index_measure(output, target, data_range=1.0, reduction="none")
+
+
+def style_vector_similarity(style_encoder: nn.Module, output: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """Sty-Rec per sample: cosine between E_style(style image) and E_style(output)."""
+    return _cos(style_encoder(output), style_encoder(style))
+
+
+def sketch_distance(sketcher: nn.Module, output: torch.Tensor, sketch: torch.Tensor, snapshot: int = 0) -> torch.Tensor:
+    """Skt-Rec per sample: mean absolute difference between the input sketch and TOM's sketch of
+    the output (both grey in [0, 1])."""
+    redrawn = sketcher(output)[:, snapshot : snapshot + 1]
+    return (redrawn - sketch).abs().mean((1, 2, 3))
+
+
+__all__ = [
+    "PERCEPTUAL_LAYERS",
+    "SR_LAYERS",
+    "fid_from_features",
+    "kid_from_features",
+    "psnr",
+    "sketch_distance",
+    "ssim",
+    "style_relevance",
+    "style_vector_similarity",
+    "vgg_perceptual_distance",
+]
