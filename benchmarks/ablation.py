@@ -1,0 +1,178 @@
+"""The paper's ablations (Table 2; appendix Tables 3-4) as one run under equal budgets.
+
+Every variant trains the auto-encoder from the same seed on the same paired data (a TOM
+sketch manifest) for the same number of steps, and is evaluated on the held-out split at
+fixed steps with the metric registry (mismatched styles for FID / SR / Sty-Rec; paired
+reconstruction for the perceptual distance and PSNR). The auto-encoder output is evaluated
+(no refiner), as in the paper's ablation.
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python benchmarks/ablation.py \
+        --manifest runs/demo/sketches/manifest.json --data runs/demo/openmoji64 --steps 300 --eval-every 100
+
+Writes results/ablation.json (every variant's curve), results/ablation.md (the final table)
+and results/ablation.png (FID and perceptual distance against steps). Each finished variant
+is stored as it completes (results/ablation_parts/), so an interrupted run continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from common import setup
+
+from sketch2image.configs import AEConfig
+from sketch2image.data.paired import PairedData
+from sketch2image.metrics.evaluate import evaluate, held_out_dirs, load_held_out
+from sketch2image.pipeline import Sketch2Image
+from sketch2image.train.ae import AETrainer
+from sketch2image.train.common import seed_everything
+
+SSL_OFF = {"w_style_triplet": 0.0, "w_content_triplet": 0.0, "w_style_cls": 0.0, "w_content_mi": 0.0}
+# name -> (table, overrides of the all-losses preset, label)
+VARIANTS: dict[str, tuple[str, dict, str]] = {
+    "vanilla": ("losses", {**SSL_OFF, "dmi": "none"}, "vanilla AE (reconstruction only, no DMI)"),
+    "vanilla_dmi": ("losses", SSL_OFF, "reconstruction only, with Feat-DMI"),
+    "style_triplet": ("losses", {**SSL_OFF, "w_style_triplet": 1.0}, "+ style triplet"),
+    "content_triplet": ("losses", {**SSL_OFF, "w_content_triplet": 1.0}, "+ content triplet"),
+    "style_cls": ("losses", {**SSL_OFF, "w_style_cls": 1.0}, "+ momentum style classification"),
+    "content_mi": ("losses", {**SSL_OFF, "w_style_cls": 1.0, "w_content_mi": 1.0}, "+ content MI (needs the head)"),
+    "all": ("all", {}, "all losses, Feat-DMI, multiplicative style (ours)"),
+    "dmi_none": ("dmi", {"dmi": "none"}, "all losses, no DMI"),
+    "dmi_sketch": ("dmi", {"dmi": "sketch"}, "all losses, DMI on the sketch"),
+    "inject_adain": ("injection", {"style_injection": "adain"}, "all losses, AdaIN style injection"),
+    "inject_add": ("injection", {"style_injection": "add"}, "all losses, additive style injection"),
+}
+METRICS = ["fid", "kid", "sr", "sty_rec", "vgg_perceptual", "psnr"]
+PARTS = Path(__file__).parent / "results" / "ablation_parts"
+
+
+def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    overrides = VARIANTS[name][1]
+    cfg = AEConfig.preset(args.size, batch_size=args.batch_size, steps=args.steps, seed=args.seed,
+                          cls_k=min(args.cls_k, len(data)), cls_every=args.cls_every, **overrides)  # fmt: skip
+    seed_everything(cfg.seed)
+    trainer = AETrainer(cfg, len(data), Accelerator(cpu=True))
+    curve, t_train = [], 0.0
+    for step in range(1, cfg.steps + 1):
+        t = time.perf_counter()
+        losses = trainer.step(data, step)
+        t_train += time.perf_counter() - t
+        if step % args.eval_every == 0 or step == cfg.steps:
+            ae = copy.deepcopy(trainer.acc.unwrap_model(trainer.model))
+            report = evaluate(Sketch2Image(ae), *held, METRICS, refine=False, seed=args.seed, progress=False)
+            row = {"step": step, "train_s": round(t_train, 1), "losses": losses}
+            row.update({k: v["value"] for k, v in report["metrics"].items()})
+            curve.append(row)
+            print(f"  {name} step {step}: FID {row['fid']:.2f}, perceptual {row['vgg_perceptual']:.4f}, "
+                  f"SR {row['sr']:.4f}, PSNR {row['psnr']:.2f}", flush=True)  # fmt: skip
+    return {
+        "variant": name,
+        "table": VARIANTS[name][0],
+        "label": VARIANTS[name][2],
+        "config": overrides,
+        "params": sum(trainer.acc.unwrap_model(trainer.model).parameter_counts().values()),
+        "s_per_step": round(t_train / cfg.steps, 3),
+        "curve": curve,
+        "n_test": len(held[0]),
+    }
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results:
+        steps = [c["step"] for c in r["curve"]]
+        style = "-" if r["table"] in ("losses", "all") else "--"
+        for ax, key in zip(axes, ("fid", "vgg_perceptual"), strict=True):
+            ax.plot(steps, [c[key] for c in r["curve"]], style, marker="o", ms=3, label=r["variant"])
+    axes[0].set(title="FID (held-out, mismatched styles)", xlabel="training step", ylabel="FID (lower is better)")
+    axes[1].set(title="VGG perceptual distance (paired recon.)", xlabel="training step", ylabel="lower is better")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(results: list[dict], header: str) -> str:
+    lines = [
+        header,
+        "",
+        "| table | variant | FID ↓ | KID ↓ | SR ↑ | Sty-Rec ↑ | VGG perceptual ↓ | PSNR ↑ | s/step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        c = r["curve"][-1]
+        lines.append(
+            f"| {r['table']} | {r['label']} | {c['fid']:.2f} | {c['kid']:.4f} | {c['sr']:.4f} | {c['sty_rec']:.4f} "
+            f"| {c['vgg_perceptual']:.4f} | {c['psnr']:.2f} | {r['s_per_step']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--manifest", required=True, help="TOM sketch manifest of the training images")
+    ap.add_argument("--data", required=True, help="data folder with the held-out split")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--cls-k", type=int, default=256)
+    ap.add_argument("--cls-every", type=int, default=100)
+    ap.add_argument("--eval-limit", type=int, default=None, help="only the first N held-out pairs")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fresh", action="store_true", help="ignore stored variant results")
+    args = ap.parse_args()
+    names = [n for n in args.variants.split(",") if n]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    machine = setup()
+    settings = {k: getattr(args, k) for k in ("size", "steps", "eval_every", "batch_size", "cls_k", "cls_every",
+                                              "eval_limit", "seed")}  # fmt: skip
+    data = PairedData.from_manifest(args.manifest, args.size)
+    images, sketches = held_out_dirs(args.data)
+    _, x, s = load_held_out(images, sketches, args.size, args.eval_limit)
+    print(f"ablation: {len(data)} training images x {data.k} sketches, {len(x)} held-out pairs, {settings}")
+    PARTS.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in names:
+        part = PARTS / f"{name}.json"
+        if part.is_file() and not args.fresh:
+            stored = json.loads(part.read_text())
+            if stored.get("settings") == settings:
+                results.append(stored["result"])
+                print(f"{name}: stored result reused")
+                continue
+        print(f"{name}: {VARIANTS[name][2]}", flush=True)
+        res = run_variant(name, args, data, (x, s))
+        part.write_text(json.dumps({"settings": settings, "result": res}, indent=2) + "\n")
+        results.append(res)
+    out = Path(__file__).parent / "results"
+    command = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python " + " ".join(sys.argv)
+    payload = {"command": command, "machine": machine, "settings": settings, "n_train": len(data),
+               "n_test": len(x), "metrics": METRICS, "results": results}  # fmt: skip
+    (out / "ablation.json").write_text(json.dumps(payload, indent=2) + "\n")
+    header = (
+        f"# Ablation (auto-encoder output, {args.steps} steps each, batch {args.batch_size}, {args.size} px; "
+        f"{len(data)} training images; held-out {len(x)} images, FID/KID on {len(x)} generated vs {len(x)} real)"
+    )
+    (out / "ablation.md").write_text(table(results, header))
+    plot(results, out / "ablation.png")
+    print((out / "ablation.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
