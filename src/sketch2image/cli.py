@@ -164,15 +164,37 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _metrics_for_card(path: Path) -> dict:
+    """``name -> "value (n samples)"`` from an `s2i eval` report, for the model card."""
+    import json
+
+    from sketch2image.errors import InputError
+    from sketch2image.metrics.evaluate import REPORT_FORMAT
+
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: unreadable evaluation report ({e})") from e
+    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+        raise InputError(f"{path}: not an `s2i eval` report (expected format {REPORT_FORMAT})")
+    card = {}
+    for name, r in report["metrics"].items():
+        n = r.get("n_generated", r.get("n"))
+        card[name] = f"{r['value']:.4g} ({n} samples, {report['size']} px, {r['better']} is better)"
+    return card
+
+
 def _cmd_export(args: argparse.Namespace) -> None:
     from sketch2image.pipeline import export_model
 
+    metrics = _metrics_for_card(Path(args.metrics)) if args.metrics else None
     out = export_model(
         Path(args.out),
         ae_run=Path(args.ae),
         gan_run=Path(args.gan) if args.gan else None,
         tom_run=Path(args.tom) if args.tom else None,
         data=args.data or "",
+        metrics=metrics,
     )
     print(f"model folder: {out}")
 
@@ -221,6 +243,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     write_report(report, out, out.with_suffix(".md"), title=f"Evaluation of {args.model}")
     print(report_markdown(report, f"Evaluation of {args.model}"))
     print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def _cmd_app(args: argparse.Namespace) -> None:
+    from sketch2image.app import serve
+
+    serve(args.model, args.host, args.port, args.device, args.examples)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -338,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--gan", help="GAN run folder (its EMA refiner)")
     ex.add_argument("--tom", help="TOM run folder (needed for `s2i transfer`)")
     ex.add_argument("--data", help="a line describing the training data, for the model card")
+    ex.add_argument("--metrics", help="an `s2i eval` report (JSON) to record in the model card")
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=_cmd_export)
 
@@ -360,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--inception", help="explicit path to the FID Inception file (default: the installed package's)")
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=_cmd_eval)
+
+    app = jobs.add_parser("app", help="web app: draw, pick or mix styles, restyle photos (needs sketch2image[app])")
+    app.add_argument("--model", help="model folder (default: the demo's ./s2i-demo/model)")
+    app.add_argument("--host", default="127.0.0.1")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--examples", help="folder of style images for the gallery")
+    app.add_argument("--device", default="cpu")
+    app.set_defaults(func=_cmd_app)
 
     demo = jobs.add_parser("demo", help="offline end-to-end demo on the built-in OpenMoji data")
     demo.add_argument("--out", default="s2i-demo", help="demo folder (resumable)")
