@@ -212,6 +212,14 @@ def test_cli_eval_writes_json_and_table(model_dir, held_out, tmp_path, capsys):
     assert set(report["metrics"]) == {"fid", "sr", "psnr"} and report["model"] == str(model_dir)
     table = out.with_suffix(".md").read_text()
     assert "| fid |" in table and "6 gen / 6 real" in table
+    # The report goes into a model card with `s2i export --metrics`; anything else is refused.
+    card_model = tmp_path / "carded"
+    runs = ["--ae", str(model_dir / "ae"), "--gan", str(model_dir / "refiner")]
+    assert main(["export", *runs, "--metrics", str(out), "--out", str(card_model)]) == 0
+    card = (card_model / "README.md").read_text()
+    assert f"| fid | {report['metrics']['fid']['value']:.4g} (6 samples, 32 px, lower is better) |" in card
+    assert main(["export", *runs, "--metrics", str(model_dir / "sketch2image.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "not an `s2i eval` report" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_cli_eval_errors(model_dir, held_out, tmp_path, capsys, monkeypatch):
