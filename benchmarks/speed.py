@@ -35,6 +35,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -64,6 +65,17 @@ COLUMNS = [
     "d_params",
     "peak_rss_mb",
 ]
+
+
+def stepper(trainer, batch_source) -> Callable[[], None]:
+    """One training iteration per call, with the 1-based step number the trainers expect."""
+    step = [0]
+
+    def fn() -> None:
+        step[0] += 1
+        trainer.step(batch_source, step[0])
+
+    return fn
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -111,12 +123,7 @@ def build(stage: str, size: int, batch: int, device: str, precision: str, snapsh
             stats.mean, stats.std = stats.mean.to(device), stats.std.to(device)
             stats.grams = {k: v.to(device) for k, v in stats.grams.items()}
             trainer = TOMTrainer(cfg, vgg, stats, accelerator(device, precision))
-            step = [0]
-
-            def fn() -> None:
-                step[0] += 1
-                trainer.step(images, step[0])
-
+            fn = stepper(trainer, images)
             g, d = n_params(trainer.g), n_params(trainer.d)
             return {
                 "fn": fn,
@@ -147,12 +154,7 @@ def build(stage: str, size: int, batch: int, device: str, precision: str, snapsh
 
         data = paired_data(size)
         trainer = AETrainer(acfg, len(data), accelerator(device, precision))
-        step = [0]
-
-        def fn() -> None:
-            step[0] += 1
-            trainer.step(data, step[0])
-
+        fn = stepper(trainer, data)
         counts = trainer.acc.unwrap_model(trainer.model).parameter_counts()
         return {
             "fn": fn,
@@ -169,12 +171,7 @@ def build(stage: str, size: int, batch: int, device: str, precision: str, snapsh
 
         data = paired_data(size)
         trainer = GANTrainer(gcfg, ae, accelerator(device, precision))
-        step = [0]
-
-        def fn() -> None:
-            step[0] += 1
-            trainer.step(data, step[0])
-
+        fn = stepper(trainer, data)
         g, d = n_params(trainer.g_ema), n_params(trainer.d)
         return {
             "fn": fn,
