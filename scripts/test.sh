@@ -14,4 +14,6 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null 
   fi
 fi
 .venv/bin/ruff check src tests benchmarks
+# Tiny test tensors run fastest on one thread per process (and the 2-process tests then share 2 cores).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 exec .venv/bin/python -m pytest -q "$@"

@@ -28,6 +28,7 @@ from sketch2image.losses import content_triplet, style_triplet, uniform_predicti
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.common import prepare_run_dir, run_steps, save_grid, seed_everything
+from sketch2image.train.distributed import gather, local_rows
 
 MODEL_FORMAT = "sketch2image.autoencoder/1"
 
@@ -74,9 +75,11 @@ class AETrainer:
         self.vgg = vgg
         self.round = -1
         self.subset = torch.arange(self.k)
-        # Same subset on every rank (seeded by round); batches differ per rank.
-        self.data_gen = torch.Generator().manual_seed(cfg.seed * 7 + 1 + accelerator.process_index)
-        self.aug_gen = torch.Generator().manual_seed(cfg.seed * 7 + 2 + accelerator.process_index)
+        # Seeded alike on every rank: each rank draws the same global batch and augmentation and keeps its
+        # own rows (train/distributed.py), so the run does not depend on the number of processes.
+        self.rows = local_rows(accelerator, cfg.batch_size)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed * 7 + 1)
+        self.aug_gen = torch.Generator().manual_seed(cfg.seed * 7 + 2)
 
     @property
     def uses_classes(self) -> bool:
@@ -106,7 +109,10 @@ class AETrainer:
         return idx, torch.zeros_like(idx)
 
     def losses(self, images: torch.Tensor, sketches: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every enabled loss term for one batch (images (B,3,S,S), sketches (B,K,1,S,S))."""
+        """Every enabled loss term for one global batch (images (B,3,S,S), sketches (B,K,1,S,S)).
+
+        The augmentation is drawn for the whole global batch; the networks run on this rank's rows.
+        """
         cfg, g = self.cfg, self.aug_gen
         b, k = sketches.shape[:2]
         style_in = random_affine(
@@ -132,6 +138,9 @@ class AETrainer:
             skt_pos = mask_regions(
                 sketches[rows, other.to(rows.device)], regions=cfg.mask_regions, max_frac=cfg.mask_max_frac, generator=g
             )
+        loc = self.rows
+        images, style_in, skt_t, labels = images[loc], style_in[loc], skt_t[loc], labels[loc]
+        skt_pos = skt_pos[loc] if skt_pos is not None else None
         res = self.model(
             skt_t, style_in, original=images if cfg.w_style_triplet else None, other_sketch=skt_pos, features=True
         )
@@ -143,10 +152,12 @@ class AETrainer:
             terms["perceptual"] = sum(F.mse_loss(fo[n], fi[n]) for n in layers) / len(layers)
         if cfg.w_style_triplet:
             f_org = res["f_org"]
-            terms["style_triplet"] = style_triplet(f_style, f_org, f_org.roll(1, 0), cfg.style_margin)
+            negatives = gather(self.acc, f_org).roll(1, 0)[loc]  # another image of the *global* batch
+            terms["style_triplet"] = style_triplet(f_style, f_org, negatives, cfg.style_margin)
         if cfg.w_content_triplet:
             f_pos = res["f_pos"]
-            terms["content_triplet"] = content_triplet(content[-1], f_pos, f_pos.roll(1, 0), cfg.content_margin)
+            negatives = gather(self.acc, f_pos).roll(1, 0)[loc]
+            terms["content_triplet"] = content_triplet(content[-1], f_pos, negatives, cfg.content_margin)
         if cfg.w_style_cls:
             terms["style_cls"] = F.cross_entropy(self.head(f_style), labels)
         if cfg.w_content_mi:

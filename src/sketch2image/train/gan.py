@@ -27,6 +27,7 @@ from sketch2image.nets.refiner import PatchDiscriminator, Refiner, ema_update
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.ae import from_pretrained as load_ae
 from sketch2image.train.common import prepare_run_dir, run_steps, save_grid, seed_everything
+from sketch2image.train.distributed import local_rows, rank_seed
 
 MODEL_FORMAT = "sketch2image.refiner/1"
 
@@ -68,7 +69,9 @@ class GANTrainer:
         opt_g = torch.optim.Adam(g.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
         opt_d = torch.optim.Adam(d.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
         self.g, self.d, self.opt_g, self.opt_d = accelerator.prepare(g, d, opt_g, opt_d)
-        self.data_gen = torch.Generator().manual_seed(cfg.seed * 7 + 3 + accelerator.process_index)
+        # The same global batch on every rank, each keeping its rows (train/distributed.py).
+        self.rows = local_rows(accelerator, cfg.batch_size)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed * 7 + 3)
 
     @torch.no_grad()
     def ae_output(self, sketches: torch.Tensor, styles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,8 +81,9 @@ class GANTrainer:
     def step(self, data: PairedData, step: int) -> dict[str, float]:
         cfg, acc = self.cfg, self.acc
         idx = torch.randperm(len(data), generator=self.data_gen)[: cfg.batch_size]
-        images, sketches = data.batch(idx, acc.device)
         pick = torch.randint(data.k, (len(idx),), generator=self.data_gen)
+        idx, pick = idx[self.rows], pick[self.rows]
+        images, sketches = data.batch(idx, acc.device)
         x_ae, f_style = self.ae_output(sketches[torch.arange(len(idx)), pick], images)
         with acc.autocast():
             fake = self.g(x_ae, f_style)
@@ -89,9 +93,10 @@ class GANTrainer:
         self.opt_d.zero_grad(set_to_none=True)
         acc.backward(loss_d)
         self.opt_d.step()
-        self.d.requires_grad_(False)
+        d = acc.unwrap_model(self.d)  # G's pass through D: no DDP gradient sync for D's frozen weights
+        d.requires_grad_(False)
         with acc.autocast():
-            adv = g_adv_loss(self.d(fake), "hinge")
+            adv = g_adv_loss(d(fake), "hinge")
             rec = F.mse_loss(fake.float(), images)
             loss_g = adv + cfg.w_rec * rec
         self.opt_g.zero_grad(set_to_none=True)
@@ -144,8 +149,10 @@ def train_gan(
         )
     acc.wait_for_everyone()
     seed_everything(cfg.seed)
-    trainer = GANTrainer(cfg, ae, acc)
+    trainer = GANTrainer(cfg, ae, acc)  # same initial weights on every rank
     start = ckpt.resume_step(run_dir, trainer.load_state, resume)
+    if acc.process_index:  # the refiner's per-pixel noise must differ per rank
+        torch.manual_seed(rank_seed(cfg.seed + start, acc))
     if acc.is_main_process:
         n_g = sum(p.numel() for p in trainer.g_ema.parameters())
         n_d = sum(p.numel() for p in acc.unwrap_model(trainer.d).parameters())

@@ -11,6 +11,7 @@ Reads an image folder and a folder of real sketches; writes a run folder:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from sketch2image.configs import TOMConfig, to_dict
@@ -31,6 +32,7 @@ from sketch2image.nets.tom import GramDiscriminator, SketchGenerator, count_para
 from sketch2image.nets.vgg import VGGEncoder, load_vgg
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.common import JsonlLog, prepare_run_dir, save_grid, seed_everything
+from sketch2image.train.distributed import local_rows
 
 log = logging.getLogger("sketch2image")
 
@@ -110,6 +112,20 @@ def build_models(cfg: TOMConfig) -> tuple[SketchGenerator, GramDiscriminator]:
     return g, d
 
 
+class LocalBatches:
+    """This rank's rows of every global batch of a batch sampler."""
+
+    def __init__(self, batches: BatchSampler, rows: slice, skip: int = 0) -> None:
+        self.batches, self.rows, self.skip = batches, rows, skip
+
+    def __iter__(self):
+        for batch in itertools.islice(self.batches, self.skip, None):
+            yield batch[self.rows]
+
+    def __len__(self) -> int:
+        return max(len(self.batches) - self.skip, 0)
+
+
 class TOMTrainer:
     """Holds the networks and does one training step; the loop around it is ``train_tom``."""
 
@@ -120,14 +136,20 @@ class TOMTrainer:
         self.opt_d = torch.optim.Adam(self.d.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
         self.g, self.d, self.opt_g, self.opt_d = accelerator.prepare(self.g, self.d, self.opt_g, self.opt_d)
         self.layers = sorted(set(cfg.gram_layers) | {cfg.feature_layer})
+        # Flips and targets are drawn for the global batch alike on every rank; each keeps its rows.
+        self.rows = local_rows(accelerator, cfg.batch_size)
+        self.gen = torch.Generator().manual_seed(cfg.seed * 7 + 5)
 
     def step(self, images: torch.Tensor, step: int) -> dict[str, float]:
+        """One D and one G update on this rank's rows (``images``) of the step's global batch."""
         cfg, acc = self.cfg, self.acc
-        if cfg.hflip:
-            flip = torch.rand(images.shape[0], device=images.device) < 0.5
-            images = torch.where(flip[:, None, None, None], images.flip(3), images)
+        flip = (torch.rand(cfg.batch_size, generator=self.gen) < 0.5)[self.rows].to(images.device)
         pool = target_pool(step, cfg, self.stats)
-        idx = pool[torch.randint(len(pool), (images.shape[0],))].to(images.device)
+        idx = pool[torch.randint(len(pool), (cfg.batch_size,), generator=self.gen)][self.rows].to(images.device)
+        if len(images) != len(idx):
+            raise ValueError(f"expected this rank's {len(idx)} rows of the global batch, got {len(images)} images")
+        if cfg.hflip:
+            images = torch.where(flip[:, None, None, None], images.flip(3), images)
         with torch.no_grad():
             f_content = self.vgg(images, [cfg.feature_layer])[cfg.feature_layer]
             f_target = adain(f_content, self.stats.mean[idx], self.stats.std[idx])
@@ -147,9 +169,10 @@ class TOMTrainer:
         self.opt_d.step()
 
         # G: fool D + match the online AdaIN feature target (+ optional Gram matching).
-        self.d.requires_grad_(False)
+        d = acc.unwrap_model(self.d)  # G's pass through D: no DDP gradient sync for D's frozen weights
+        d.requires_grad_(False)
         with acc.autocast():
-            fake_logits = self.d(fake_grams)
+            fake_logits = d(fake_grams)
             loss_adv = g_adv_loss(fake_logits, cfg.gan_loss)
             loss_feat = F.mse_loss(feats[cfg.feature_layer].float(), f_target)
             loss_gram = sum(F.mse_loss(fake_grams[g], real_grams[g]) for g in cfg.gram_layers) / len(cfg.gram_layers)
@@ -172,10 +195,14 @@ class TOMTrainer:
 
     # --- checkpoint state -------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        return ckpt.training_state(self.acc.unwrap_model, *self._parts())
+        tensors, meta = ckpt.training_state(self.acc.unwrap_model, *self._parts())
+        tensors["gen"] = self.gen.get_state()
+        return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
         ckpt.restore_training_state(self.acc.unwrap_model, *self._parts(), tensors, meta, source)
+        if "gen" in tensors:  # absent in checkpoints of older versions
+            self.gen.set_state(tensors["gen"])
 
     def _parts(self) -> tuple[dict, dict]:
         return {"g": self.g, "d": self.d}, {"opt_g": self.opt_g, "opt_d": self.opt_d}
@@ -236,10 +263,13 @@ def train_tom(
             f"TOM: {len(dataset)} images, {len(real)} real sketches, G {count_parameters(trainer.g):,} params, "
             f"D {count_parameters(trainer.d):,} params, {cfg.size}px, steps {start}->{cfg.steps}"
         )
-    gen = torch.Generator().manual_seed(cfg.seed + 7919 * start)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=(cfg.steps - start) * cfg.batch_size, generator=gen)
-    loader = acc.prepare(
-        DataLoader(dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sampler = RandomSampler(dataset, replacement=True, num_samples=cfg.steps * cfg.batch_size, generator=gen)
+    # Global batches drawn alike on every rank (each loads only its own rows); a resumed run skips the
+    # batches already trained on, so it sees exactly the batches of an uninterrupted run.
+    batches = LocalBatches(BatchSampler(sampler, cfg.batch_size, drop_last=True), trainer.rows, skip=start)
+    loader = DataLoader(
+        dataset, batch_sampler=batches, num_workers=cfg.num_workers, pin_memory=acc.device.type == "cuda"
     )
     spread = torch.linspace(0, len(dataset) - 1, min(8, len(dataset))).long().tolist()  # a varied sample set
     fixed = torch.stack([dataset[i]["image"] for i in spread]).to(acc.device)
@@ -248,7 +278,7 @@ def train_tom(
     bar = tqdm(total=cfg.steps, initial=start, desc="TOM", disable=not (progress and acc.is_main_process))
     step = start
     for batch in loader:
-        losses = trainer.step(batch["image"], step + 1)
+        losses = trainer.step(batch["image"].to(acc.device, non_blocking=True), step + 1)
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
