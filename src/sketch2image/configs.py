@@ -59,6 +59,8 @@ class TOMConfig:
     log_every: int = 10
     num_workers: int = 0
     mixed_precision: str = "no"  # "no", "bf16", "fp16" (Accelerate)
+    compile: bool = False  # torch.compile the trained networks (in place; checkpoints unchanged)
+    channels_last: bool = True  # NHWC memory layout on CUDA (ignored on CPU)
 
     def validate(self) -> None:
         problems = []
@@ -197,6 +199,9 @@ class AEConfig:
     log_every: int = 10
     tensorboard: bool = False
     mixed_precision: str = "no"
+    compile: bool = False
+    channels_last: bool = True
+    grad_checkpoint: bool = False  # recompute decoder/encoder blocks in backward: less memory at 1024 px
 
     def validate(self) -> None:
         problems = []
@@ -255,6 +260,9 @@ class GANConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     mixed_precision: str = "no"
+    compile: bool = False
+    channels_last: bool = True
+    grad_checkpoint: bool = False
 
     def validate(self) -> None:
         problems = []

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sketch2image.configs import AEConfig
-from sketch2image.nets.blocks import ConvBlock, DualMaskInjection, StyleInjection
+from sketch2image.nets.blocks import ConvBlock, DualMaskInjection, StyleInjection, run_block
 
 
 def channels(cfg: AEConfig, res: int) -> int:
@@ -37,12 +37,13 @@ class ContentEncoder(nn.Module):
         self.stem = ConvBlock(1, channels(cfg, res[0]))
         self.down = nn.ModuleList(ConvBlock(channels(cfg, a), channels(cfg, b), down=True) for a, b in pairwise(res))
         self.out = nn.Conv2d(channels(cfg, res[-1]), cfg.style_dim, 1)  # f_content has style_dim channels
+        self.ckpt = cfg.grad_checkpoint
 
     def forward(self, sketch: torch.Tensor) -> list[torch.Tensor]:
-        h = self.stem(sketch)
+        h = run_block(self.stem, sketch, checkpoint=self.ckpt)
         maps = [h]
         for block in self.down:
-            h = block(h)
+            h = run_block(block, h, checkpoint=self.ckpt)
             maps.append(h)
         maps[-1] = self.out(h)
         return maps  # full resolution first, f_content last
@@ -58,9 +59,13 @@ class StyleEncoder(nn.Module):
         self.stem = ConvBlock(3, channels(cfg, res[0]))
         self.down = nn.Sequential(*(ConvBlock(channels(cfg, a), channels(cfg, b), down=True) for a, b in pairwise(res)))
         self.fc = nn.Linear(channels(cfg, res[-1]), cfg.style_dim)
+        self.ckpt = cfg.grad_checkpoint
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.down(self.stem(image)).mean(dim=(2, 3)))
+        h = run_block(self.stem, image, checkpoint=self.ckpt)
+        for block in self.down:
+            h = run_block(block, h, checkpoint=self.ckpt)
+        return self.fc(h.mean(dim=(2, 3)))
 
 
 class Decoder(nn.Module):
@@ -91,7 +96,7 @@ class Decoder(nn.Module):
         h = self.inp(maps[0])
         for i in range(len(self.level_res)):
             if i > 0:
-                h = self.up[i - 1](h)
+                h = run_block(self.up[i - 1], h, checkpoint=self.cfg.grad_checkpoint)
                 if self.cfg.dmi == "feature":
                     h = self.dmi[i](h, torch.sigmoid(maps[i]))
                 elif self.cfg.dmi == "sketch":

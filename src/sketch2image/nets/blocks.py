@@ -79,3 +79,12 @@ class StyleInjection(nn.Module):
             return h + s
         gamma, beta = s.chunk(2, dim=1)
         return F.instance_norm(h) * (1 + gamma) + beta
+
+
+def run_block(block: nn.Module, *args: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+    """``block(*args)``, or recomputed in the backward pass when ``checkpoint`` (activation memory for compute)."""
+    if checkpoint and block.training and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint as recompute
+
+        return recompute(block, *args, use_reentrant=False)
+    return block(*args)

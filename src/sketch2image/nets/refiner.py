@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from sketch2image.configs import GANConfig
-from sketch2image.nets.blocks import ConvBlock, StyleInjection
+from sketch2image.nets.blocks import ConvBlock, StyleInjection, run_block
 
 
 class NoiseInjection(nn.Module):
@@ -62,14 +62,15 @@ class Refiner(nn.Module):
     def forward(
         self, x_ae: torch.Tensor, style: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        h = self.stem(x_ae)
+        ckpt = self.cfg.grad_checkpoint
+        h = run_block(self.stem, x_ae, checkpoint=ckpt)
         skips = [h]
         for block in self.down:
-            h = block(h)
+            h = run_block(block, h, checkpoint=ckpt)
             skips.append(h)
         h = self._inject(0, skips.pop(), style, generator)
         for i, (up, fuse) in enumerate(zip(self.up, self.fuse, strict=True)):
-            h = fuse(torch.cat([up(h), skips.pop()], dim=1))
+            h = run_block(fuse, torch.cat([up(h), skips.pop()], dim=1), checkpoint=ckpt)
             h = self._inject(i + 1, h, style, generator)
         return torch.sigmoid(torch.logit(x_ae.clamp(1e-3, 1 - 1e-3)) + self.to_rgb(h))
 

@@ -27,7 +27,7 @@ from sketch2image.errors import CheckpointError, S2IError
 from sketch2image.losses import content_triplet, style_triplet, uniform_prediction_loss
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.train import checkpoint as ckpt
-from sketch2image.train.common import prepare_run_dir, run_steps, save_grid, seed_everything
+from sketch2image.train.common import prepare_run_dir, run_steps, save_grid, seed_everything, speed_up
 from sketch2image.train.distributed import gather, local_rows
 
 MODEL_FORMAT = "sketch2image.autoencoder/1"
@@ -67,7 +67,7 @@ class AETrainer:
                     f"momentum classification needs cls_k >= batch_size; got {self.k} images per subset "
                     f"for batch {cfg.batch_size}"
                 )
-        model = SketchAutoEncoder(cfg)
+        model = speed_up(SketchAutoEncoder(cfg).to(accelerator.device), cfg, accelerator.device)
         head = nn.Linear(cfg.style_dim, self.k)
         opt = torch.optim.Adam(model.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
         opt_head = torch.optim.Adam(head.parameters(), cfg.lr * cfg.cls_lr_mult, betas=(cfg.beta1, cfg.beta2))

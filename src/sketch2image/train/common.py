@@ -54,7 +54,13 @@ def save_grid(path: Path, rows: list[torch.Tensor], pad: int = 2) -> Path:
     return path
 
 
-def prepare_run_dir(run_dir: Path, cfg: Any, resume: bool, mutable: tuple[str, ...] = ("steps",)) -> Any:
+# How a run is executed, not what it computes: these may change when a run is resumed (another
+# machine, more GPUs, a longer budget).
+RUNTIME_KEYS = ("steps", "compile", "channels_last", "grad_checkpoint", "num_workers", "sample_every",
+                "checkpoint_every", "log_every", "keep_checkpoints", "tensorboard")  # fmt: skip
+
+
+def prepare_run_dir(run_dir: Path, cfg: Any, resume: bool, mutable: tuple[str, ...] = RUNTIME_KEYS) -> Any:
     """Create the run folder, or check that an existing one was started with the same config.
 
     Only keys in ``mutable`` (e.g. the step budget) may change on resume; anything else would
@@ -75,6 +81,15 @@ def prepare_run_dir(run_dir: Path, cfg: Any, resume: bool, mutable: tuple[str, .
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg_path, to_dict(cfg))
     return cfg
+
+
+def speed_up(module: torch.nn.Module, cfg: Any, device: torch.device) -> torch.nn.Module:
+    """Apply the config's runtime speed options to a network, in place (its state_dict keys stay the same)."""
+    if getattr(cfg, "channels_last", False) and device.type == "cuda":
+        module.to(memory_format=torch.channels_last)
+    if getattr(cfg, "compile", False):
+        module.compile()
+    return module
 
 
 def run_steps(

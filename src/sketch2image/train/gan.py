@@ -26,7 +26,7 @@ from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import PatchDiscriminator, Refiner, ema_update
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.ae import from_pretrained as load_ae
-from sketch2image.train.common import prepare_run_dir, run_steps, save_grid, seed_everything
+from sketch2image.train.common import prepare_run_dir, run_steps, save_grid, seed_everything, speed_up
 from sketch2image.train.distributed import local_rows, rank_seed
 
 MODEL_FORMAT = "sketch2image.refiner/1"
@@ -66,6 +66,7 @@ class GANTrainer:
         self.ae = ae.to(accelerator.device).eval().requires_grad_(False)
         g, d = Refiner(cfg, ae.cfg.style_dim), PatchDiscriminator(cfg)
         self.g_ema = copy.deepcopy(g).to(accelerator.device).eval().requires_grad_(False)
+        g, d = (speed_up(m.to(accelerator.device), cfg, accelerator.device) for m in (g, d))
         opt_g = torch.optim.Adam(g.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
         opt_d = torch.optim.Adam(d.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
         self.g, self.d, self.opt_g, self.opt_d = accelerator.prepare(g, d, opt_g, opt_d)

@@ -31,7 +31,7 @@ from sketch2image.losses import adain, d_loss, g_adv_loss, gram, mean_std
 from sketch2image.nets.tom import GramDiscriminator, SketchGenerator, count_parameters
 from sketch2image.nets.vgg import VGGEncoder, load_vgg
 from sketch2image.train import checkpoint as ckpt
-from sketch2image.train.common import JsonlLog, prepare_run_dir, save_grid, seed_everything
+from sketch2image.train.common import JsonlLog, prepare_run_dir, save_grid, seed_everything, speed_up
 from sketch2image.train.distributed import local_rows
 
 log = logging.getLogger("sketch2image")
@@ -131,7 +131,7 @@ class TOMTrainer:
 
     def __init__(self, cfg: TOMConfig, vgg: VGGEncoder, stats: SketchStats, accelerator: Accelerator) -> None:
         self.cfg, self.vgg, self.stats, self.acc = cfg, vgg, stats, accelerator
-        self.g, self.d = build_models(cfg)
+        self.g, self.d = (speed_up(m.to(accelerator.device), cfg, accelerator.device) for m in build_models(cfg))
         self.opt_g = torch.optim.Adam(self.g.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
         self.opt_d = torch.optim.Adam(self.d.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
         self.g, self.d, self.opt_g, self.opt_d = accelerator.prepare(self.g, self.d, self.opt_g, self.opt_d)
