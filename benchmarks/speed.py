@@ -78,6 +78,16 @@ def stepper(trainer, batch_source) -> Callable[[], None]:
     return fn
 
 
+def overrides(cfg, sets: list[str] | None):
+    """``--set KEY=VALUE`` applied where the stage's config has the field (others are left alone)."""
+    from dataclasses import fields
+
+    from sketch2image.configs import apply_overrides
+
+    names = {f.name for f in fields(cfg)}
+    return apply_overrides(cfg, [kv for kv in sets or [] if kv.split("=", 1)[0] in names])
+
+
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -100,7 +110,9 @@ def accelerator(device: str, precision: str):
     return Accelerator(mixed_precision=ACCELERATE_PRECISION[precision], cpu=device == "cpu")
 
 
-def build(stage: str, size: int, batch: int, device: str, precision: str, snapshots: int) -> dict:
+def build(
+    stage: str, size: int, batch: int, device: str, precision: str, snapshots: int, sets: list[str] | None = None
+) -> dict:
     """The function one iteration calls, and what to report about it (params, width, input shapes)."""
     from sketch2image.configs import AEConfig, GANConfig, TOMConfig
     from sketch2image.nets.autoencoder import SketchAutoEncoder
@@ -111,7 +123,7 @@ def build(stage: str, size: int, batch: int, device: str, precision: str, snapsh
         from sketch2image.nets.tom import SketchGenerator
         from sketch2image.nets.vgg import load_vgg
 
-        cfg = replace(TOMConfig(), size=size, batch_size=batch, mixed_precision=mp)
+        cfg = overrides(replace(TOMConfig(), size=size, batch_size=batch, mixed_precision=mp), sets)
         vgg = load_vgg(cfg.vgg).to(device)
         images = torch.rand(batch, 3, size, size, device=device)
         width = f"G {cfg.g_width}-{cfg.g_max_width}"
@@ -148,7 +160,7 @@ def build(stage: str, size: int, batch: int, device: str, precision: str, snapsh
             "infer": True,
         }
 
-    acfg = AEConfig.preset(size, batch_size=max(batch, 2), cls_k=N_IMAGES, mixed_precision=mp)
+    acfg = overrides(AEConfig.preset(size, batch_size=max(batch, 2), cls_k=N_IMAGES, mixed_precision=mp), sets)
     if stage == "ae-train":
         from sketch2image.train.ae import AETrainer
 
@@ -164,7 +176,7 @@ def build(stage: str, size: int, batch: int, device: str, precision: str, snapsh
             "shapes": f"images ({batch},3,{size},{size}), sketches ({batch},{K_SKETCHES},1,{size},{size}) "
             f"from {N_IMAGES} uint8 pairs",
         }
-    gcfg = GANConfig(batch_size=batch, mixed_precision=mp)
+    gcfg = overrides(GANConfig(batch_size=batch, mixed_precision=mp), sets)
     ae = SketchAutoEncoder(acfg).to(device).eval().requires_grad_(False)
     if stage == "gan-train":
         from sketch2image.train.gan import GANTrainer
@@ -215,7 +227,7 @@ def one(cfg: dict) -> dict:
     info = setup(cfg["threads"])
     device, precision = cfg["device"], cfg["precision"]
     torch.manual_seed(0)
-    b = build(cfg["stage"], cfg["size"], cfg["batch"], device, precision, cfg["snapshots"])
+    b = build(cfg["stage"], cfg["size"], cfg["batch"], device, precision, cfg["snapshots"], cfg.get("sets"))
     infer = b.get("infer", False)
     cuda = device == "cuda"
     autocast = (
@@ -234,7 +246,7 @@ def one(cfg: dict) -> dict:
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    t = timed(fn, cfg["infer_iters"] if infer else cfg["iters"])
+    t = timed(fn, cfg["infer_iters"] if infer else cfg["iters"], cfg.get("warmup", 2))
     row = {
         "stage": cfg["label"],
         "size": cfg["size"],
@@ -304,6 +316,8 @@ def grid(args: argparse.Namespace) -> list[dict]:
                         "iters": args.iters,
                         "infer_iters": args.infer_iters,
                         "snapshots": args.snapshots,
+                        "warmup": args.warmup,
+                        "sets": args.set or [],
                     }
                 )
     return configs
@@ -320,6 +334,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--iters", type=int, default=7, help="timed training iterations (protocol: >= 7)")
     ap.add_argument("--infer-iters", type=int, default=15, help="timed inference iterations (protocol: >= 15)")
     ap.add_argument("--snapshots", type=int, default=1, help="TOM generators in tom-sketch")
+    ap.add_argument("--warmup", type=int, default=2, help="warm-up iterations after the untimed one (protocol: 2)")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="a config field for every stage that has it, e.g. grad_checkpoint=true")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke check: 64 px, batch 2, 3 iterations")
     ap.add_argument("--tag", help="write results/speed_<tag>.{json,md} (--quick alone writes speed_quick)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration as JSON
