@@ -223,6 +223,7 @@ def test_cli_eval_writes_json_and_table(model_dir, held_out, tmp_path, capsys):
 
 
 def test_cli_eval_errors(model_dir, held_out, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out is ./eval.json: nothing may land there on errors
     assert main(["eval", "--model", str(model_dir), "--data", str(held_out), "--metrics", "fid,nope"]) == 2
     assert "unknown metric" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--data", str(tmp_path / "nowhere")]) == 2
@@ -235,3 +236,4 @@ def test_cli_eval_errors(model_dir, held_out, tmp_path, capsys, monkeypatch):
     (held_out / "sketches" / "extra.png").write_bytes(b"broken")
     assert main(["eval", "--model", str(model_dir), "--data", str(held_out), "--metrics", "sr"]) == 2
     assert "extra.png" in capsys.readouterr().err
+    assert not (tmp_path / "eval.json").exists() and not (tmp_path / "eval.md").exists()
