@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sketch2image.app import App, build, find_model, sketch_from_editor
+from sketch2image.app import App, build, find_model, launch, sketch_from_editor
 from sketch2image.cli import main
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -129,7 +129,7 @@ def browser_page(app):
     from playwright.sync_api import sync_playwright
 
     page = build(app)
-    _, url, _ = page.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    url = launch(page)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
         tab = browser.new_page(viewport={"width": 1300, "height": 1100})

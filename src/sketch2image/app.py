@@ -26,7 +26,8 @@ DEFAULT_MODEL = Path("s2i-demo") / "model"
 EXAMPLE_EMOJIS = ("1F34E", "1F30A", "1F338", "1F3A8", "1F981", "1F31E", "1F427", "1F680")  # built-in styles
 MAX_EXAMPLES = 12
 OUT_HEIGHT = 288  # results are shown enlarged; downloads keep the model's own size
-CSS = ".s2i-result img { image-rendering: pixelated; }"  # small outputs enlarged without blur
+# Results fill their panel (a 64 px model's output is shown enlarged, pixels kept sharp); downloads keep the size.
+CSS = ".s2i-result img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 SYSTEM_FONTS = ("ui-sans-serif", "system-ui", "sans-serif")  # no web-font fetch: works offline
 
 
@@ -259,14 +260,20 @@ def build(app: App):
 def serve(model: str | None, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
           examples: str | None = None, block: bool = True):  # fmt: skip
     """Load the model once and serve the page (blocking unless ``block=False``)."""
-    gr = _require_gradio()
     app = App(find_model(model), device, examples)
     page = build(app)
-    theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=("ui-monospace", "monospace"))
     print(f"sketch2image app: http://{host}:{port} (model {app.model_dir}, {app.model.size} px)")
-    page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, theme=theme, quiet=True,
-                css=CSS)  # fmt: skip
+    launch(page, host, port, block=block)
     return page
 
 
-__all__ = ["App", "build", "find_model", "serve"]
+def launch(page, host: str = "127.0.0.1", port: int | None = None, *, block: bool = False) -> str:
+    """Launch a built page with our theme and CSS (system fonts: nothing fetched); returns its URL."""
+    gr = _require_gradio()
+    theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=("ui-monospace", "monospace"))
+    _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, theme=theme,
+                            quiet=True, css=CSS)  # fmt: skip
+    return url
+
+
+__all__ = ["App", "build", "find_model", "launch", "serve"]

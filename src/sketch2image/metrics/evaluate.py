@@ -86,10 +86,16 @@ def _lpips(ctx, out, sketch, style, target):
 
 for _m in [
     Metric("fid", "mismatched", "lower", "Fréchet Inception distance, outputs vs real held-out images"),
-    Metric("kid", "mismatched", "lower", "kernel Inception distance (×1000 not applied), mean ± std over subsets"),
+    Metric("kid", "mismatched", "lower", "kernel Inception distance (not ×1000), mean ± std over subsets of ≤ 1000"),
     Metric("sr", "mismatched", "higher", "style relevance: cosine of VGG relu1_2/relu2_2 channel mean & std", _sr),
     Metric("sty_rec", "mismatched", "higher", "cosine of E_style(style image) and E_style(output)", _sty_rec),
-    Metric("skt_rec", "mismatched", "lower", "mean |input sketch - TOM sketch of the output|", _skt_rec),
+    Metric(
+        "skt_rec",
+        "mismatched",
+        "lower",
+        "mean absolute difference: input sketch vs TOM's sketch of the output",
+        _skt_rec,
+    ),  # fmt: skip
     Metric(
         "vgg_perceptual", "paired", "lower", "VGG-19 perceptual distance to the real image (not LPIPS)", _perceptual
     ),
@@ -301,7 +307,9 @@ def evaluate(
                     results["fid"] = {"value": M.fid_from_features(real, fake), **counts}
                 if "kid" in names:
                     mean, std, size = M.kid_from_features(real, fake, seed=seed)
-                    results["kid"] = {"value": mean, "std": std, "subset_size": size, **counts}
+                    results["kid"] = {"value": mean, "subset_size": size, **counts}
+                    if size < min(len(real), len(fake)):  # with one subset of everything a std means nothing
+                        results["kid"]["std"] = std
     if "skt_rec" in results:  # what TOM's redrawing of the *real* image scores: the floor to compare with
         with torch.inference_mode():
             ref = torch.cat(
