@@ -54,7 +54,7 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     return model.to(device).eval()
 
 
-class AETrainer:
+class AETrainer(ckpt.Checkpointed):
     """Networks, optimisers, the momentum-classifier state, and one training step."""
 
     def __init__(self, cfg: AEConfig, n_images: int, accelerator: Accelerator, vgg: nn.Module | None = None):
@@ -202,18 +202,16 @@ class AETrainer:
 
     # --- checkpoint state -------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors, meta = ckpt.training_state(self.acc.unwrap_model, *self._parts())
-        tensors.update(subset=self.subset.clone(), data_gen=self.data_gen.get_state(), aug_gen=self.aug_gen.get_state())
-        return tensors, {**meta, "round": self.round}
+        tensors, meta = super().state()
+        return {**tensors, "subset": self.subset.clone()}, {**meta, "round": self.round}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
-        ckpt.restore_training_state(self.acc.unwrap_model, *self._parts(), tensors, meta, source)
+        super().load_state(tensors, meta, source)
         self.subset, self.round = tensors["subset"], meta["round"]
-        self.data_gen.set_state(tensors["data_gen"])
-        self.aug_gen.set_state(tensors["aug_gen"])
 
-    def _parts(self) -> tuple[dict, dict]:
-        return {"ae": self.model, "head": self.head}, {"opt": self.opt, "opt_head": self.opt_head}
+    def _parts(self) -> tuple[dict, dict, dict]:
+        modules, optimizers = {"ae": self.model, "head": self.head}, {"opt": self.opt, "opt_head": self.opt_head}
+        return modules, optimizers, {"data_gen": self.data_gen, "aug_gen": self.aug_gen}
 
 
 def sample_grid(trainer: AETrainer, data: PairedData, path: Path, n: int = 6) -> Path:

@@ -172,9 +172,12 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def training_state(
-    unwrap, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+    unwrap,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Weights, optimiser state and RNG of a training loop, ready for ``save_checkpoint``."""
+    """Weights, optimiser state, RNG and the loop's own generators, ready for ``save_checkpoint``."""
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {}
     for name, module in modules.items():
@@ -184,6 +187,7 @@ def training_state(
         tensors.update(t)
     t, meta["rng"] = rng_state()
     tensors.update(t)
+    tensors.update({name: g.get_state() for name, g in (generators or {}).items()})
     return tensors, meta
 
 
@@ -191,6 +195,7 @@ def restore_training_state(
     unwrap,
     modules: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator] | None,
     tensors: dict[str, torch.Tensor],
     meta: dict,
     source: str,
@@ -200,6 +205,24 @@ def restore_training_state(
     for name, opt in optimizers.items():
         load_optimizer(name, opt, tensors, meta[name])
     set_rng_state(tensors, meta["rng"])
+    for name, g in (generators or {}).items():
+        if name in tensors:  # a checkpoint of an older version lacks it: the generator keeps its seed
+            g.set_state(tensors[name])
+
+
+class Checkpointed:
+    """``state``/``load_state`` of a trainer from its ``_parts()``: (modules, optimisers, generators)."""
+
+    acc: Any
+
+    def _parts(self) -> tuple[dict, dict, dict]:
+        raise NotImplementedError
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return training_state(self.acc.unwrap_model, *self._parts())
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
+        restore_training_state(self.acc.unwrap_model, *self._parts(), tensors, meta, source)
 
 
 def resume_step(run_dir: Path, load: Any, resume: bool) -> int:

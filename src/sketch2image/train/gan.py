@@ -59,7 +59,7 @@ def load_refiner(directory: str | Path, device: str | torch.device = "cpu") -> R
     return model.to(device).eval()
 
 
-class GANTrainer:
+class GANTrainer(ckpt.Checkpointed):
     def __init__(self, cfg: GANConfig, ae: SketchAutoEncoder, accelerator: Accelerator) -> None:
         cfg.validate()
         self.cfg, self.acc = cfg, accelerator
@@ -111,17 +111,9 @@ class GANTrainer:
         x_ae, f_style = self.ae_output(sketches, styles)
         return x_ae, self.g_ema(x_ae, f_style)
 
-    def _parts(self) -> tuple[dict, dict]:
-        return {"g": self.g, "d": self.d, "g_ema": self.g_ema}, {"opt_g": self.opt_g, "opt_d": self.opt_d}
-
-    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors, meta = ckpt.training_state(self.acc.unwrap_model, *self._parts())
-        tensors["data_gen"] = self.data_gen.get_state()
-        return tensors, meta
-
-    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
-        ckpt.restore_training_state(self.acc.unwrap_model, *self._parts(), tensors, meta, source)
-        self.data_gen.set_state(tensors["data_gen"])
+    def _parts(self) -> tuple[dict, dict, dict]:
+        modules = {"g": self.g, "d": self.d, "g_ema": self.g_ema}
+        return modules, {"opt_g": self.opt_g, "opt_d": self.opt_d}, {"data_gen": self.data_gen}
 
 
 def sample_grid(trainer: GANTrainer, data: PairedData, path: Path, n: int = 6) -> Path:

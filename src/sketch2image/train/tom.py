@@ -126,7 +126,7 @@ class LocalBatches:
         return max(len(self.batches) - self.skip, 0)
 
 
-class TOMTrainer:
+class TOMTrainer(ckpt.Checkpointed):
     """Holds the networks and does one training step; the loop around it is ``train_tom``."""
 
     def __init__(self, cfg: TOMConfig, vgg: VGGEncoder, stats: SketchStats, accelerator: Accelerator) -> None:
@@ -194,18 +194,8 @@ class TOMTrainer:
         return g(self.vgg(images, [self.cfg.feature_layer])[self.cfg.feature_layer])
 
     # --- checkpoint state -------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors, meta = ckpt.training_state(self.acc.unwrap_model, *self._parts())
-        tensors["gen"] = self.gen.get_state()
-        return tensors, meta
-
-    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
-        ckpt.restore_training_state(self.acc.unwrap_model, *self._parts(), tensors, meta, source)
-        if "gen" in tensors:  # absent in checkpoints of older versions
-            self.gen.set_state(tensors["gen"])
-
-    def _parts(self) -> tuple[dict, dict]:
-        return {"g": self.g, "d": self.d}, {"opt_g": self.opt_g, "opt_d": self.opt_d}
+    def _parts(self) -> tuple[dict, dict, dict]:
+        return {"g": self.g, "d": self.d}, {"opt_g": self.opt_g, "opt_d": self.opt_d}, {"gen": self.gen}
 
 
 def save_snapshot(run_dir: Path, index: int, step: int, g: torch.nn.Module, cfg: TOMConfig, variant: str) -> Path:
