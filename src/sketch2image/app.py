@@ -260,6 +260,9 @@ def build(app: App):
 def serve(model: str | None, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
           examples: str | None = None, block: bool = True):  # fmt: skip
     """Load the model once and serve the page (blocking unless ``block=False``)."""
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up pings are not news
     app = App(find_model(model), device, examples)
     page = build(app)
     print(f"sketch2image app: http://{host}:{port} (model {app.model_dir}, {app.model.size} px)")
