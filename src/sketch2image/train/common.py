@@ -92,6 +92,23 @@ def speed_up(module: torch.nn.Module, cfg: Any, device: torch.device) -> torch.n
     return module
 
 
+def discriminator_step(acc, d: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn) -> tuple[torch.Tensor, Any]:
+    """One update of a (possibly DDP-wrapped) discriminator with ``loss_fn(d)``.
+
+    Returns the loss and the *unwrapped*, frozen D for the generator's pass: going through the DDP
+    wrapper there would make it wait for gradients that D's frozen weights never produce.
+    """
+    d.requires_grad_(True)
+    with acc.autocast():
+        loss = loss_fn(d)
+    opt.zero_grad(set_to_none=True)
+    acc.backward(loss)
+    opt.step()
+    frozen = acc.unwrap_model(d)
+    frozen.requires_grad_(False)
+    return loss, frozen
+
+
 def run_steps(
     acc,
     trainer,

@@ -26,7 +26,14 @@ from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import PatchDiscriminator, Refiner, ema_update
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.ae import from_pretrained as load_ae
-from sketch2image.train.common import prepare_run_dir, run_steps, save_grid, seed_everything, speed_up
+from sketch2image.train.common import (
+    discriminator_step,
+    prepare_run_dir,
+    run_steps,
+    save_grid,
+    seed_everything,
+    speed_up,
+)
 from sketch2image.train.distributed import local_rows, rank_seed
 
 MODEL_FORMAT = "sketch2image.refiner/1"
@@ -88,14 +95,7 @@ class GANTrainer(ckpt.Checkpointed):
         x_ae, f_style = self.ae_output(sketches[torch.arange(len(idx)), pick], images)
         with acc.autocast():
             fake = self.g(x_ae, f_style)
-        self.d.requires_grad_(True)
-        with acc.autocast():
-            loss_d = d_loss(self.d(images), self.d(fake.detach()), "hinge")
-        self.opt_d.zero_grad(set_to_none=True)
-        acc.backward(loss_d)
-        self.opt_d.step()
-        d = acc.unwrap_model(self.d)  # G's pass through D: no DDP gradient sync for D's frozen weights
-        d.requires_grad_(False)
+        loss_d, d = discriminator_step(acc, self.d, self.opt_d, lambda d: d_loss(d(images), d(fake.detach()), "hinge"))
         with acc.autocast():
             adv = g_adv_loss(d(fake), "hinge")
             rec = F.mse_loss(fake.float(), images)

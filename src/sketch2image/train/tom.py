@@ -31,7 +31,14 @@ from sketch2image.losses import adain, d_loss, g_adv_loss, gram, mean_std
 from sketch2image.nets.tom import GramDiscriminator, SketchGenerator, count_parameters
 from sketch2image.nets.vgg import VGGEncoder, load_vgg
 from sketch2image.train import checkpoint as ckpt
-from sketch2image.train.common import JsonlLog, prepare_run_dir, save_grid, seed_everything, speed_up
+from sketch2image.train.common import (
+    JsonlLog,
+    discriminator_step,
+    prepare_run_dir,
+    save_grid,
+    seed_everything,
+    speed_up,
+)
 from sketch2image.train.distributed import local_rows
 
 log = logging.getLogger("sketch2image")
@@ -161,16 +168,12 @@ class TOMTrainer(ckpt.Checkpointed):
             fake_grams = {g: gram(feats[g].float()) for g in cfg.gram_layers}
 
         # D: real sketches' Grams vs the generated ones (detached).
-        self.d.requires_grad_(True)
-        with acc.autocast():
-            loss_d = d_loss(self.d(real_grams), self.d({k: v.detach() for k, v in fake_grams.items()}), cfg.gan_loss)
-        self.opt_d.zero_grad(set_to_none=True)
-        acc.backward(loss_d)
-        self.opt_d.step()
+        detached = {k: v.detach() for k, v in fake_grams.items()}
+        loss_d, d = discriminator_step(
+            acc, self.d, self.opt_d, lambda d: d_loss(d(real_grams), d(detached), cfg.gan_loss)
+        )
 
         # G: fool D + match the online AdaIN feature target (+ optional Gram matching).
-        d = acc.unwrap_model(self.d)  # G's pass through D: no DDP gradient sync for D's frozen weights
-        d.requires_grad_(False)
         with acc.autocast():
             fake_logits = d(fake_grams)
             loss_adv = g_adv_loss(fake_logits, cfg.gan_loss)
