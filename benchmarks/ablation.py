@@ -55,7 +55,7 @@ PARTS = Path(__file__).parent / "results" / "ablation_parts"
 
 def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, torch.Tensor]) -> dict:
     overrides = VARIANTS[name][1]
-    cfg = AEConfig.preset(args.size, batch_size=args.batch_size, steps=args.steps, seed=args.seed,
+    cfg = AEConfig.preset(args.size, batch_size=args.batch_size, steps=args.steps, seed=args.seed, arch=args.arch,
                           cls_k=min(args.cls_k, len(data)), cls_every=args.cls_every, **overrides)  # fmt: skip
     seed_everything(cfg.seed)
     trainer = AETrainer(cfg, len(data), Accelerator(cpu=True))
@@ -133,6 +133,7 @@ def main() -> None:
     ap.add_argument("--cls-every", type=int, default=100)
     ap.add_argument("--eval-limit", type=int, default=None, help="only the first N held-out pairs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arch", choices=["lean", "classic"], default="lean", help="AE layout (recorded: classic)")
     ap.add_argument("--fresh", action="store_true", help="ignore stored variant results")
     args = ap.parse_args()
     names = [n for n in args.variants.split(",") if n]
@@ -141,7 +142,7 @@ def main() -> None:
         sys.exit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     machine = setup()
     settings = {k: getattr(args, k) for k in ("size", "steps", "eval_every", "batch_size", "cls_k", "cls_every",
-                                              "eval_limit", "seed")}  # fmt: skip
+                                              "eval_limit", "seed", "arch")}  # fmt: skip
     data = PairedData.from_manifest(args.manifest, args.size)
     images, sketches = held_out_dirs(args.data)
     _, x, s = load_held_out(images, sketches, args.size, args.eval_limit)
@@ -152,7 +153,7 @@ def main() -> None:
         part = PARTS / f"{name}.json"
         if part.is_file() and not args.fresh:
             stored = json.loads(part.read_text())
-            if stored.get("settings") == settings:
+            if {"arch": "classic", **stored.get("settings", {})} == settings:  # parts from before --arch: classic
                 results.append(stored["result"])
                 print(f"{name}: stored result reused")
                 continue

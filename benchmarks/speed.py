@@ -21,7 +21,8 @@ Default grid: training at 64/128/256 px with batch 4 and 8, inference at 128/256
 in its own subprocess so its peak RSS (and peak CUDA memory) is its own. The protocol is
 ../shared/BENCHMARKING.md via ``common``: 2 threads, glibc allocator settings (set for the
 children when the environment lacks them), one untimed step, 2 warm-ups, median/min/max of 7
-training or 15 inference iterations, FLOPs from torch's FlopCounterMode. Inputs are synthetic
+training or 15 inference iterations, FLOPs from torch's FlopCounterMode, and ``of_mm``: the
+achieved GFLOP/s as a fraction of a plain 4096² fp32 ``torch.mm`` measured at the end of the run. Inputs are synthetic
 tensors of the stated shapes; TOM uses the real pretrained VGG-19 (most of its cost). Training
 mixed precision goes through Accelerate (the trainers' own path), inference through
 ``torch.autocast``. Results: ``results/speed.json`` + ``speed.md`` (``speed_<tag>`` with ``--tag``).
@@ -39,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import torch
-from common import finish_rows, flops, peak_rss_mb, setup, timed, write
+from common import finish_rows, flops, matmul_gflops, peak_rss_mb, setup, timed, write
 
 TRAIN_STAGES = ["tom-train", "ae-train", "gan-train"]
 INFER_STAGES = ["tom-sketch", "ae-infer", "refine-infer"]
@@ -61,6 +62,7 @@ COLUMNS = [
     "unit",
     "gflop_per_it",
     "gflop_per_s",
+    "of_mm",
     "params",
     "d_params",
     "peak_rss_mb",
@@ -78,14 +80,20 @@ def stepper(trainer, batch_source) -> Callable[[], None]:
     return fn
 
 
-def overrides(cfg, sets: list[str] | None):
-    """``--set KEY=VALUE`` applied where the stage's config has the field (others are left alone)."""
+def overrides(cfg, sets: list[str] | None, stage: str):
+    """``--set KEY=VALUE`` where the config has the field, ``--set STAGE.KEY=VALUE`` (tom/ae/gan) for one stage."""
     from dataclasses import fields
 
     from sketch2image.configs import apply_overrides
 
     names = {f.name for f in fields(cfg)}
-    return apply_overrides(cfg, [kv for kv in sets or [] if kv.split("=", 1)[0] in names])
+    mine = []
+    for kv in sets or []:
+        key = kv.split("=", 1)[0]
+        scope, _, field = key.rpartition(".")
+        if field in names and scope in ("", stage):
+            mine.append(kv[len(scope) + 1 :] if scope else kv)
+    return apply_overrides(cfg, mine)
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -123,7 +131,7 @@ def build(
         from sketch2image.nets.tom import SketchGenerator
         from sketch2image.nets.vgg import load_vgg
 
-        cfg = overrides(replace(TOMConfig(), size=size, batch_size=batch, mixed_precision=mp), sets)
+        cfg = overrides(replace(TOMConfig(), size=size, batch_size=batch, mixed_precision=mp), sets, "tom")
         vgg = load_vgg(cfg.vgg).to(device)
         images = torch.rand(batch, 3, size, size, device=device)
         width = f"G {cfg.g_width}-{cfg.g_max_width}"
@@ -160,7 +168,7 @@ def build(
             "infer": True,
         }
 
-    acfg = overrides(AEConfig.preset(size, batch_size=max(batch, 2), cls_k=N_IMAGES, mixed_precision=mp), sets)
+    acfg = overrides(AEConfig.preset(size, batch_size=max(batch, 2), cls_k=N_IMAGES, mixed_precision=mp), sets, "ae")
     if stage == "ae-train":
         from sketch2image.train.ae import AETrainer
 
@@ -176,7 +184,7 @@ def build(
             "shapes": f"images ({batch},3,{size},{size}), sketches ({batch},{K_SKETCHES},1,{size},{size}) "
             f"from {N_IMAGES} uint8 pairs",
         }
-    gcfg = overrides(GANConfig(batch_size=batch, mixed_precision=mp), sets)
+    gcfg = overrides(GANConfig(batch_size=batch, mixed_precision=mp), sets, "gan").for_size(size)
     ae = SketchAutoEncoder(acfg).to(device).eval().requires_grad_(False)
     if stage == "gan-train":
         from sketch2image.train.gan import GANTrainer
@@ -336,7 +344,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--snapshots", type=int, default=1, help="TOM generators in tom-sketch")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up iterations after the untimed one (protocol: 2)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="a config field for every stage that has it, e.g. grad_checkpoint=true")  # fmt: skip
+                    help="a field of every stage that has it (grad_checkpoint=true), of one: ae.width=48")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke check: 64 px, batch 2, 3 iterations")
     ap.add_argument("--tag", help="write results/speed_<tag>.{json,md} (--quick alone writes speed_quick)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration as JSON
@@ -393,11 +401,23 @@ def main() -> None:
     if not rows:
         sys.exit("no configuration ran")
     finish_rows(rows)
+    torch.set_num_threads(args.threads)
+    mm = matmul_gflops(args.device)  # measured now, on the same machine state as the rows
+    print(f"fp32 torch.mm 4096²: {mm:.1f} GFLOP/s", flush=True)
+    for r in rows:
+        r["of_mm"] = f"{r['gflop_per_s'] / mm:.0%}" if isinstance(r.get("gflop_per_s"), int | float) else "-"
     columns = list(COLUMNS)
     if args.device == "cuda":
         columns += ["peak_cuda_mb"]
     name = "speed" + (f"_{args.tag}" if args.tag else "_quick" if args.quick else "")
-    results = {"machine": machine, "device": args.device, "precision": args.precision, "rows": rows, "failed": failed}
+    results = {
+        "machine": machine,
+        "device": args.device,
+        "precision": args.precision,
+        "matmul_gflop_per_s": round(mm, 1),
+        "rows": rows,
+        "failed": failed,
+    }
     if machine and machine.get("cuda") and args.device == "cuda":
         machine = {**machine, "cpu": f"{machine['cuda']} (host {machine['cpu']})"}
         results["machine"] = machine

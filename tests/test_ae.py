@@ -5,10 +5,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from sketch2image.configs import AEConfig
+from sketch2image.configs import AEConfig, to_dict
 from sketch2image.data.augment import mask_regions, random_affine, thicken
 from sketch2image.data.paired import PairedData
-from sketch2image.errors import InputError
+from sketch2image.errors import InputError, S2IError
 from sketch2image.losses import content_triplet, standardise, style_triplet, uniform_prediction_loss
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.blocks import DualMaskInjection, StyleInjection
@@ -132,13 +132,14 @@ def test_style_injection_variants():
             assert torch.allclose(inj(h * 3 + 1, s), inj(h, s), atol=1e-4)  # instance-normalised first
 
 
-def test_dmi_switch_changes_what_the_decoder_reads():
+@pytest.mark.parametrize("arch", ["lean", "classic"])
+def test_dmi_switch_changes_what_the_decoder_reads(arch):
     torch.manual_seed(0)
     sk, st = (torch.rand(2, 1, 32, 32) > 0.9).float(), torch.rand(2, 3, 32, 32)
     outs = {}
     for dmi in ("none", "sketch", "feature"):
         torch.manual_seed(1)
-        m = SketchAutoEncoder(tiny(dmi=dmi)).eval()
+        m = SketchAutoEncoder(tiny(dmi=dmi, arch=arch)).eval()
         for mod in m.decoder.dmi:
             if isinstance(mod, DualMaskInjection):
                 torch.nn.init.normal_(mod.a1)
@@ -149,7 +150,9 @@ def test_dmi_switch_changes_what_the_decoder_reads():
             not torch.allclose(base, m.decoder(high_res_changed, style, sk)),  # reads high-res content maps
             not torch.allclose(base, m.decoder(content, style, 1 - sk)),  # reads the raw sketch
         )
-    assert outs == {"none": (False, False), "sketch": (False, True), "feature": (True, False)}
+    # Lean Feat-DMI has no full-size content map: its full-size level reads the sketch itself.
+    feature = (True, arch == "lean")
+    assert outs == {"none": (False, False), "sketch": (False, True), "feature": feature}
 
 
 def test_loss_switches_remove_terms():
@@ -183,6 +186,35 @@ def test_momentum_subset_rounds():
     again = AETrainer(tiny(cls_k=4, cls_every=3), 20, Accelerator(cpu=True))
     again.start_round(1)
     assert torch.equal(again.subset, trainer.subset)  # deterministic: same subset on every rank/resume
+
+
+def test_layouts_share_the_interface_and_lean_is_cheaper():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sk, st = torch.rand(1, 1, 64, 64), torch.rand(1, 3, 64, 64)
+    flops = {}
+    for arch in ("lean", "classic"):
+        m = SketchAutoEncoder(tiny(arch=arch, size=64, width=16, max_width=128)).eval()
+        content = m.content_encoder(sk)
+        assert content[-1].shape == (1, m.cfg.style_dim, 8, 8)  # f_content: style_dim x content_res²
+        # classic keeps a full-size content map; lean starts at half size
+        assert [c.shape[-1] for c in content] == ([64] if arch == "classic" else []) + [32, 16, 8]
+        with FlopCounterMode(display=False) as fc:
+            out = m(sk, st)
+        assert out.shape == (1, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
+        flops[arch] = fc.get_total_flops()
+    assert flops["lean"] < flops["classic"] / 2
+
+
+def test_configs_written_before_arch_keep_their_layout():
+    from sketch2image.configs import GANConfig, from_dict
+
+    old = {k: v for k, v in to_dict(tiny()).items() if k != "arch"}
+    assert from_dict(AEConfig, old).arch == "classic"  # its weights were trained with that layout
+    assert AEConfig().arch == "lean" and GANConfig().arch == "lean"  # new runs are lean
+    assert from_dict(GANConfig, {"width": 8}).arch == "classic"
+    with pytest.raises(S2IError, match="arch 'wide' must be lean or classic"):
+        from_dict(AEConfig, {**old, "arch": "wide"})
 
 
 def test_overfits_a_fixed_batch():

@@ -35,17 +35,19 @@ def ae_run(tmp_path):
     return save_pretrained(SketchAutoEncoder(cfg), tmp_path / "ae" / "model").parent
 
 
-def test_refiner_and_discriminator_shapes():
-    g = Refiner(tiny_gan(), style_dim=16)
+@pytest.mark.parametrize("arch", ["lean", "classic"])
+def test_refiner_and_discriminator_shapes(arch):
+    g = Refiner(tiny_gan(arch=arch), style_dim=16)
     x, s = torch.rand(2, 3, 32, 32), torch.randn(2, 16)
     y = g(x, s)
     assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1
     assert PatchDiscriminator(tiny_gan()).forward(y).shape == (2, 1, 8, 8)  # one logit per patch
 
 
-def test_refiner_uses_style_and_noise():
+@pytest.mark.parametrize("arch", ["lean", "classic"])
+def test_refiner_uses_style_and_noise(arch):
     torch.manual_seed(0)
-    g = Refiner(tiny_gan(), style_dim=16).eval()
+    g = Refiner(tiny_gan(arch=arch), style_dim=16).eval()
     x0 = torch.rand(2, 3, 32, 32) * 0.9 + 0.05
     assert torch.allclose(g(x0, torch.randn(2, 16)), x0, atol=1e-5)  # identity on the AE output at start
     torch.nn.init.normal_(g.to_rgb.weight, std=0.1)
@@ -62,6 +64,25 @@ def test_refiner_uses_style_and_noise():
     assert not torch.allclose(g(x, s, gen()), g(x, s, torch.Generator().manual_seed(2)))
     off = Refiner(tiny_gan(noise=False, use_style=False), style_dim=16)
     assert off.noise is None and off.style is None
+
+
+def test_lean_refiner_keeps_full_resolution_work_small():
+    """The lean layout's point: a fraction of the classic FLOPs, and still a full-resolution correction."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, s = torch.rand(1, 3, 64, 64), torch.randn(1, 16)
+    flops = {}
+    for arch in ("lean", "classic"):
+        g = Refiner(tiny_gan(arch=arch, width=16, max_width=64, levels=3), style_dim=16).eval()
+        with FlopCounterMode(display=False) as fc:
+            g(x, s)
+        flops[arch] = fc.get_total_flops()
+        torch.nn.init.normal_(g.to_rgb.weight, std=0.1)
+        x.requires_grad_(True)
+        g(x, s)[0, :, 7, 9].sum().backward()  # one output pixel depends on its own input pixel
+        assert x.grad[0, :, 7, 9].abs().sum() > 0
+        x = x.detach()
+    assert flops["lean"] < flops["classic"] / 4
 
 
 def test_noise_injection_starts_silent():

@@ -12,7 +12,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from sketch2image.errors import CheckpointError, S2IError
 from sketch2image.nets.vgg import LAYER_NAMES
@@ -95,6 +95,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
     """Build ``cls`` from a dict, rejecting unknown keys and wrongly typed values."""
     names = {f.name: f for f in dataclasses.fields(cls)}
+    data = {**getattr(cls, "LEGACY_DEFAULTS", {}), **data}  # keys added later keep old files' meaning
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise CheckpointError(f"{source}: unknown {cls.__name__} keys {unknown} (written by another version?)")
@@ -145,13 +146,15 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
         raise S2IError(str(e)) from e
 
 
-# Width per resolution preset: channels at full resolution; they double per halving, capped at 512.
+# Width per resolution preset: channels at full resolution; they double per halving, capped at 512,
+# so every preset from 128 px up has 512 channels at the 8x8 content map (the paper's 512x8x8) and
+# about 22 M parameters; what grows with the size is only the cheap high-resolution part.
 AE_PRESETS: dict[int, dict[str, int]] = {
     64: {"width": 32},
     128: {"width": 32},
     256: {"width": 16},
-    512: {"width": 16},
-    1024: {"width": 8},
+    512: {"width": 8},
+    1024: {"width": 4},
 }
 
 
@@ -159,9 +162,13 @@ AE_PRESETS: dict[int, dict[str, int]] = {
 class AEConfig:
     """Stage 2: the self-supervised auto-encoder (paper §4.1, appendix A). Defaults: the 64 px preset."""
 
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic"}  # configs written before ``arch`` existed
+
     size: int = 64
+    arch: str = "lean"  # lean | classic (see nets/autoencoder.py); configs without the key are classic
     width: int = 32  # decoder/encoder channels at full resolution (doubling per halving, <= max_width)
     max_width: int = 512
+    heavy_res: int = 8  # lean: residual blocks at this resolution and below
     style_dim: int = 512
     content_res: int = 8  # bottleneck resolution of the content map (paper: 512 x 8 x 8)
     dmi: str = "feature"  # none | sketch | feature
@@ -207,6 +214,8 @@ class AEConfig:
         problems = []
         if self.dmi not in ("none", "sketch", "feature"):
             problems.append(f"dmi {self.dmi!r} must be none, sketch or feature")
+        if self.arch not in ("lean", "classic"):
+            problems.append(f"arch {self.arch!r} must be lean or classic")
         if self.style_injection not in ("mul", "add", "adain"):
             problems.append(f"style_injection {self.style_injection!r} must be mul, add or adain")
         if self.size < 2 * self.content_res or self.size & (self.size - 1) or self.content_res & (self.content_res - 1):
@@ -235,13 +244,27 @@ class AEConfig:
         return cls(size=size, **{**AE_PRESETS[size], **overrides})
 
 
+# G2 per AE size (lean layout): the bottleneck at 8-16 px, and the full-resolution width shrinking
+# with the size so that every level costs about the same.
+GAN_PRESETS: dict[int, dict[str, int]] = {
+    64: {"width": 32, "levels": 3},
+    128: {"width": 16, "levels": 4},
+    256: {"width": 16, "levels": 5},
+    512: {"width": 8, "levels": 5},
+    1024: {"width": 8, "levels": 6},
+}
+
+
 @dataclass
 class GANConfig:
     """Stage 3: the GAN refiner (paper §4.2, appendix A.4). Size and style size come from the frozen AE."""
 
-    width: int = 32  # G2 channels at full resolution (doubling per halving, <= max_width)
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic"}  # configs written before ``arch`` existed
+
+    arch: str = "lean"  # lean | classic (see nets/refiner.py); configs without the key are classic
+    width: int = 0  # G2 channels at full resolution (doubling per halving, <= max_width); 0: GAN_PRESETS
     max_width: int = 256
-    levels: int = 3  # encoder-decoder depth: the bottleneck is size / 2**levels
+    levels: int = 0  # encoder-decoder depth: the bottleneck is size / 2**levels; 0: GAN_PRESETS
     d_width: int = 32
     d_layers: int = 3  # stride-2 convolutions in the patch discriminator
     noise: bool = True  # per-pixel noise injected at every decoder level (learnt per-channel strength)
@@ -266,11 +289,22 @@ class GANConfig:
 
     def validate(self) -> None:
         problems = []
-        if self.levels < 1 or self.d_layers < 1 or self.width < 1 or self.d_width < 1:
-            problems.append("levels, d_layers, width and d_width must be >= 1")
+        if self.levels < 0 or self.width < 0 or self.d_layers < 1 or self.d_width < 1:
+            problems.append("d_layers and d_width must be >= 1, levels and width >= 0 (0: the size's preset)")
+        if self.arch not in ("lean", "classic"):
+            problems.append(f"arch {self.arch!r} must be lean or classic")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay {self.ema_decay} must be in [0, 1)")
         if self.batch_size < 1 or self.w_rec < 0:
             problems.append("batch_size must be >= 1 and w_rec >= 0")
         if problems:
             raise S2IError("invalid GAN config: " + "; ".join(problems))
+
+    def for_size(self, size: int) -> GANConfig:
+        """``width``/``levels`` left at 0 filled from the preset of the AE's image size."""
+        if self.width and self.levels:
+            return self
+        if size not in GAN_PRESETS:
+            raise S2IError(f"no refiner preset for {size}px (presets: {sorted(GAN_PRESETS)}); set width and levels")
+        preset = GAN_PRESETS[size]
+        return dataclasses.replace(self, width=self.width or preset["width"], levels=self.levels or preset["levels"])

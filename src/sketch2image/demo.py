@@ -37,7 +37,7 @@ DEMO = DemoPreset(
     size=64,
     limit=None,
     tom=replace(TOMConfig(), size=64),
-    ae=AEConfig.preset(64, steps=600, sample_every=100, checkpoint_every=100),
+    ae=AEConfig.preset(64, steps=1000, sample_every=200, checkpoint_every=200),
     gan=GANConfig(steps=500, sample_every=100, checkpoint_every=100),
 )
 FAST = DemoPreset(

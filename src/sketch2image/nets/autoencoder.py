@@ -3,6 +3,15 @@
 Data path: ``E_style(RGB) → f_style (512)``; ``E_content(sketch) → f_content (512×8×8)`` plus
 its higher-resolution maps; ``G1`` upsamples ``f_content``, on each level injects the content
 (Feat-DMI: content maps as per-channel soft masks) and the style (channel-wise gate).
+
+Two layouts (``AEConfig.arch``) with the same interface and losses:
+
+- ``lean`` (default): the parameters sit at low resolution. Encoders halve with one strided conv
+  per level from the first layer on, decoder levels convolve *before* upsampling, residual blocks
+  sit only at ``heavy_res`` and below, and the full-size level takes the raw sketch as its DMI
+  mask (there is no full-size content map). 2-3x fewer FLOPs than ``classic`` at equal parameters.
+- ``classic``: two convs per level at every resolution including full size (the first
+  implementation; its checkpoints and the ablation figures in docs/BENCHMARKS.md use it).
 """
 
 from __future__ import annotations
@@ -14,7 +23,16 @@ import torch
 from torch import nn
 
 from sketch2image.configs import AEConfig
-from sketch2image.nets.blocks import ConvBlock, DualMaskInjection, StyleInjection, run_block
+from sketch2image.nets.blocks import (
+    ConvBlock,
+    DualMaskInjection,
+    ResBlock,
+    StyleInjection,
+    group_norm,
+    lean_down,
+    lean_up,
+    run_block,
+)
 
 
 def channels(cfg: AEConfig, res: int) -> int:
@@ -28,20 +46,34 @@ def resolutions(cfg: AEConfig) -> list[int]:
     return [cfg.size // 2**i for i in range(n + 1)]
 
 
+def encoder_trunk(cfg: AEConfig, cin: int, res: list[int]) -> tuple[nn.Module, nn.ModuleList]:
+    """(stem, downsampling blocks) from ``res[0]`` to ``res[-1]``; the lean stem is empty."""
+    if cfg.arch == "classic":
+        stem = ConvBlock(cin, channels(cfg, res[0]))
+        return stem, nn.ModuleList(ConvBlock(channels(cfg, a), channels(cfg, b), down=True) for a, b in pairwise(res))
+    return nn.Identity(), nn.ModuleList(
+        lean_down(cin if i == 0 else channels(cfg, a), channels(cfg, b), norm=i > 0, residual=b <= cfg.heavy_res)
+        for i, (a, b) in enumerate(pairwise(res))
+    )
+
+
 class ContentEncoder(nn.Module):
-    """Sketch (1 channel) → content maps at every resolution; the last is ``f_content``."""
+    """Sketch (1 channel) → content maps at every resolution; the last is ``f_content``.
+
+    Classic: maps from full size down to ``content_res``; lean: from half size down.
+    """
 
     def __init__(self, cfg: AEConfig) -> None:
         super().__init__()
         res = resolutions(cfg)
-        self.stem = ConvBlock(1, channels(cfg, res[0]))
-        self.down = nn.ModuleList(ConvBlock(channels(cfg, a), channels(cfg, b), down=True) for a, b in pairwise(res))
+        self.stem, self.down = encoder_trunk(cfg, 1, res)
+        self.keep_stem = cfg.arch == "classic"  # lean: maps from half size down
         self.out = nn.Conv2d(channels(cfg, res[-1]), cfg.style_dim, 1)  # f_content has style_dim channels
         self.ckpt = cfg.grad_checkpoint
 
     def forward(self, sketch: torch.Tensor) -> list[torch.Tensor]:
         h = run_block(self.stem, sketch, checkpoint=self.ckpt)
-        maps = [h]
+        maps = [h] if self.keep_stem else []
         for block in self.down:
             h = run_block(block, h, checkpoint=self.ckpt)
             maps.append(h)
@@ -55,9 +87,9 @@ class StyleEncoder(nn.Module):
     def __init__(self, cfg: AEConfig) -> None:
         super().__init__()
         res = resolutions(cfg)
-        res = res + [res[-1] // 2] if res[-1] >= 8 else res  # one level deeper: style is global
-        self.stem = ConvBlock(3, channels(cfg, res[0]))
-        self.down = nn.Sequential(*(ConvBlock(channels(cfg, a), channels(cfg, b), down=True) for a, b in pairwise(res)))
+        if cfg.arch == "classic" and res[-1] >= 8:
+            res = res + [res[-1] // 2]  # one level deeper: style is global
+        self.stem, self.down = encoder_trunk(cfg, 3, res)
         self.fc = nn.Linear(channels(cfg, res[-1]), cfg.style_dim)
         self.ckpt = cfg.grad_checkpoint
 
@@ -75,11 +107,22 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         res = resolutions(cfg)[::-1]  # bottleneck first
-        self.inp = ConvBlock(cfg.style_dim, channels(cfg, res[0]))
-        self.up = nn.ModuleList(
-            nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"), ConvBlock(channels(cfg, a), channels(cfg, b)))
-            for a, b in pairwise(res)
-        )
+        if cfg.arch == "classic":
+            self.inp = ConvBlock(cfg.style_dim, channels(cfg, res[0]))
+            self.up = nn.ModuleList(
+                nn.Sequential(
+                    nn.Upsample(scale_factor=2.0, mode="nearest"), ConvBlock(channels(cfg, a), channels(cfg, b))
+                )
+                for a, b in pairwise(res)
+            )
+        else:
+            c0 = channels(cfg, res[0])
+            self.inp = nn.Sequential(
+                nn.Conv2d(cfg.style_dim, c0, 3, padding=1), group_norm(c0), nn.LeakyReLU(0.2), ResBlock(c0)
+            )
+            self.up = nn.ModuleList(
+                lean_up(channels(cfg, a), channels(cfg, b), residual=b <= cfg.heavy_res) for a, b in pairwise(res)
+            )
         self.level_res = res
         self.dmi = nn.ModuleList(
             DualMaskInjection(channels(cfg, r)) if cfg.dmi != "none" and i > 0 else nn.Identity()
@@ -97,9 +140,9 @@ class Decoder(nn.Module):
         for i in range(len(self.level_res)):
             if i > 0:
                 h = run_block(self.up[i - 1], h, checkpoint=self.cfg.grad_checkpoint)
-                if self.cfg.dmi == "feature":
+                if self.cfg.dmi == "feature" and i < len(maps):
                     h = self.dmi[i](h, torch.sigmoid(maps[i]))
-                elif self.cfg.dmi == "sketch":
+                elif self.cfg.dmi != "none":  # the sketch itself (lean: no full-size content map)
                     h = self.dmi[i](h, 1 - sketch)  # lines (dark) → mask 1
             if self.style[i] is not None:
                 h = self.style[i](h, style)

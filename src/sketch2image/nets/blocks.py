@@ -30,6 +30,38 @@ class ConvBlock(nn.Module):
         return self.body(x)
 
 
+class ResBlock(nn.Module):
+    """``LeakyReLU(x + GN(conv(LeakyReLU(GN(conv(x))))))``: where the lean networks keep their parameters."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            group_norm(channels),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            group_norm(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x + self.body(x), 0.2)
+
+
+def lean_down(cin: int, cout: int, *, norm: bool = True, residual: bool = False) -> nn.Sequential:
+    """One strided 3×3 conv per halving (a residual block after it at low resolution)."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride=2, padding=1)]
+    layers += [group_norm(cout)] if norm else []
+    layers += [nn.LeakyReLU(0.2, inplace=True)] + ([ResBlock(cout)] if residual else [])
+    return nn.Sequential(*layers)
+
+
+def lean_up(cin: int, cout: int, *, residual: bool = False) -> nn.Sequential:
+    """Conv at the *input* resolution, then bilinear ×2: a quarter of the FLOPs of conv-after-upsampling."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1), group_norm(cout), nn.LeakyReLU(0.2, inplace=True)]
+    layers += [nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False)]
+    return nn.Sequential(*layers, *([ResBlock(cout)] if residual else []))
+
+
 class DualMaskInjection(nn.Module):
     """DMI: ``a1·h·m + b1 + a2·h·(1−m) + b2`` with learnt per-channel a, b (identity at init).
 

@@ -68,6 +68,7 @@ def load_refiner(directory: str | Path, device: str | torch.device = "cpu") -> R
 
 class GANTrainer(ckpt.Checkpointed):
     def __init__(self, cfg: GANConfig, ae: SketchAutoEncoder, accelerator: Accelerator) -> None:
+        cfg = cfg.for_size(ae.cfg.size)
         cfg.validate()
         self.cfg, self.acc = cfg, accelerator
         self.ae = ae.to(accelerator.device).eval().requires_grad_(False)
@@ -133,6 +134,7 @@ def train_gan(
     run_dir = Path(run_dir)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     ae = load_ae(ae_run, acc.device)
+    cfg = cfg.for_size(ae.cfg.size)  # the run's config.json records the widths actually used
     data = PairedData.from_manifest(manifest, ae.cfg.size, progress=progress and acc.is_main_process)
     if acc.is_main_process:
         prepare_run_dir(run_dir, cfg, resume)
