@@ -72,6 +72,10 @@ class AETrainer(ckpt.Checkpointed):
         opt = torch.optim.Adam(model.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
         opt_head = torch.optim.Adam(head.parameters(), cfg.lr * cfg.cls_lr_mult, betas=(cfg.beta1, cfg.beta2))
         self.model, self.head, self.opt, self.opt_head = accelerator.prepare(model, head, opt, opt_head)
+        if cfg.w_perceptual and vgg is None:  # the optional perceptual term needs the pretrained VGG-19
+            from sketch2image.nets.vgg import load_vgg
+
+            vgg = load_vgg().to(accelerator.device)
         self.vgg = vgg
         self.round = -1
         self.subset = torch.arange(self.k)
@@ -235,12 +239,7 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
         )
     acc.wait_for_everyone()
     seed_everything(cfg.seed)
-    vgg = None
-    if cfg.w_perceptual:
-        from sketch2image.nets.vgg import load_vgg
-
-        vgg = load_vgg().to(acc.device)
-    trainer = AETrainer(cfg, len(data), acc, vgg)
+    trainer = AETrainer(cfg, len(data), acc)
     start = ckpt.resume_step(run_dir, trainer.load_state, resume)
     if acc.is_main_process:
         counts = acc.unwrap_model(trainer.model).parameter_counts()
