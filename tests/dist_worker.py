@@ -32,6 +32,7 @@ def main() -> None:
     if acc.is_main_process:
         (out / "report.json").write_text(json.dumps(report))
     acc.wait_for_everyone()
+    acc.end_training()  # destroys the gloo group: left to interpreter exit, it can abort the process
 
 
 if __name__ == "__main__":

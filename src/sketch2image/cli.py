@@ -421,4 +421,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("s2i: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Under torchrun / accelerate launch: tear the process group down before exit.
+
+    Left to interpreter shutdown, gloo's threads can be destroyed while still joinable and the
+    process aborts ("terminate called without an active exception") after a finished run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
