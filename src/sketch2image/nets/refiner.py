@@ -43,15 +43,14 @@ class Refiner(nn.Module):
             raise ValueError("Refiner needs width and levels: use GANConfig.for_size(ae size) first")
         self.cfg = cfg
         ch = [min(cfg.max_width, cfg.width * 2**i) for i in range(cfg.levels + 1)]  # ch[i] at 1/2**i
-        self.lean = cfg.arch == "lean"
-        if self.lean:  # skips at 1/2 ... 1/2**levels, added after each upsampling (none at full size)
+        if cfg.arch == "lean":  # skips at 1/2 ... 1/2**levels, added after each upsampling (none at full size)
             self.stem = nn.Identity()
             self.down = nn.ModuleList(
                 lean_down(3 if i == 0 else ch[i], ch[i + 1], norm=i > 0, residual=i == cfg.levels - 1)
                 for i in range(cfg.levels)
             )
             self.up = nn.ModuleList(lean_up(ch[i + 1], ch[i]) for i in reversed(range(cfg.levels)))
-            self.fuse = nn.ModuleList(nn.Identity() for _ in range(cfg.levels))
+            self.fuse = None
         else:
             self.stem = ConvBlock(3, ch[0])
             self.down = nn.ModuleList(ConvBlock(ch[i], ch[i + 1], down=True) for i in range(cfg.levels))
@@ -82,17 +81,17 @@ class Refiner(nn.Module):
     ) -> torch.Tensor:
         ckpt = self.cfg.grad_checkpoint
         h = run_block(self.stem, x_ae, checkpoint=ckpt)
-        skips = [] if self.lean else [h]
+        skips = [] if self.fuse is None else [h]
         for block in self.down:
             h = run_block(block, h, checkpoint=ckpt)
             skips.append(h)
         h = self._inject(0, skips.pop(), style, generator)
-        for i, (up, fuse) in enumerate(zip(self.up, self.fuse, strict=True)):
+        for i, up in enumerate(self.up):
             h = run_block(up, h, checkpoint=ckpt)
-            if self.lean:
+            if self.fuse is None:  # lean: add the skip (there is none at full size)
                 h = h + skips.pop() if skips else h
             else:
-                h = run_block(fuse, torch.cat([h, skips.pop()], dim=1), checkpoint=ckpt)
+                h = run_block(self.fuse[i], torch.cat([h, skips.pop()], dim=1), checkpoint=ckpt)
             h = self._inject(i + 1, h, style, generator)
         return torch.sigmoid(torch.logit(x_ae.clamp(1e-3, 1 - 1e-3)) + self.to_rgb(h))
 
