@@ -77,3 +77,30 @@ def test_runtime_keys_may_change_on_resume_but_the_method_may_not(tmp_path):
     prepare_run_dir(tmp_path / "run", AEConfig(compile=True, grad_checkpoint=True, steps=5), resume=True)
     with pytest.raises(S2IError, match="w_rec"):
         prepare_run_dir(tmp_path / "run", AEConfig(w_rec=2.0), resume=True)
+
+
+def test_fused_adam_matches_the_loop_and_resumes_old_checkpoints():
+    """The fused optimiser computes the same update; a checkpoint saved by the per-tensor loop resumes fused."""
+    from sketch2image.train.checkpoint import load_optimizer, optimizer_state
+    from sketch2image.train.common import adam
+
+    models = [_ae(), _ae()]
+    loop = torch.optim.Adam(models[0].parameters(), 1e-3, betas=(0.5, 0.999), foreach=False)
+    fused = adam(models[1].parameters(), 1e-3, (0.5, 0.999))
+    assert fused.param_groups[0]["fused"] is True
+    for _ in range(3):
+        for model, opt in zip(models, (loop, fused), strict=True):
+            opt.zero_grad()
+            _grads(model, *_inputs())
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    tensors, meta = optimizer_state("opt", loop)  # as an older run wrote it (not fused)
+    assert not meta["param_groups"][0]["fused"]
+    resumed = adam(_ae().parameters(), 5e-4, (0.9, 0.9))
+    load_optimizer("opt", resumed, tensors, meta)
+    group = resumed.param_groups[0]
+    assert group["fused"] is True  # the implementation is this run's; the hyper-parameters are restored
+    assert group["lr"] == 1e-3 and tuple(group["betas"]) == (0.5, 0.999)
+    first = next(iter(loop.state.values()))
+    torch.testing.assert_close(next(iter(resumed.state.values()))["exp_avg"], first["exp_avg"])

@@ -27,7 +27,7 @@ from sketch2image.errors import CheckpointError, S2IError
 from sketch2image.losses import content_triplet, style_triplet, uniform_prediction_loss
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.train import checkpoint as ckpt
-from sketch2image.train.common import prepare_run_dir, run_steps, save_grid, seed_everything, speed_up
+from sketch2image.train.common import adam, prepare_run_dir, run_steps, save_grid, seed_everything, speed_up
 from sketch2image.train.distributed import gather, local_rows
 
 MODEL_FORMAT = "sketch2image.autoencoder/1"
@@ -69,8 +69,8 @@ class AETrainer(ckpt.Checkpointed):
                 )
         model = speed_up(SketchAutoEncoder(cfg).to(accelerator.device), cfg, accelerator.device)
         head = nn.Linear(cfg.style_dim, self.k)
-        opt = torch.optim.Adam(model.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        opt_head = torch.optim.Adam(head.parameters(), cfg.lr * cfg.cls_lr_mult, betas=(cfg.beta1, cfg.beta2))
+        opt = adam(model.parameters(), cfg.lr, (cfg.beta1, cfg.beta2))
+        opt_head = adam(head.parameters(), cfg.lr * cfg.cls_lr_mult, (cfg.beta1, cfg.beta2))
         self.model, self.head, self.opt, self.opt_head = accelerator.prepare(model, head, opt, opt_head)
         if cfg.w_perceptual and vgg is None:  # the optional perceptual term needs the pretrained VGG-19
             from sketch2image.nets.vgg import load_vgg

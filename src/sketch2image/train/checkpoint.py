@@ -97,6 +97,9 @@ def optimizer_state(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, 
     return tensors, {"param_groups": sd["param_groups"], "plain": plain}
 
 
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def load_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     state: dict[int, dict[str, Any]] = {}
     head = prefix + ".state."
@@ -106,7 +109,13 @@ def load_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, t
             state.setdefault(int(pid), {})[key] = v
     for pid, extra in meta.get("plain", {}).items():
         state.setdefault(int(pid), {}).update(extra)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # Hyper-parameters come from the checkpoint; how the step is computed (fused kernel or not) stays
+    # this run's choice, so a run saved before the fused optimiser resumes with it.
+    groups = [
+        {**saved, **{k: now[k] for k in IMPLEMENTATION_FLAGS if k in now}}
+        for saved, now in zip(meta["param_groups"], opt.param_groups, strict=False)
+    ] + meta["param_groups"][len(opt.param_groups) :]
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:

@@ -27,6 +27,7 @@ from sketch2image.nets.refiner import PatchDiscriminator, Refiner, ema_update
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.ae import from_pretrained as load_ae
 from sketch2image.train.common import (
+    adam,
     discriminator_step,
     prepare_run_dir,
     run_steps,
@@ -75,8 +76,8 @@ class GANTrainer(ckpt.Checkpointed):
         g, d = Refiner(cfg, ae.cfg.style_dim), PatchDiscriminator(cfg)
         self.g_ema = copy.deepcopy(g).to(accelerator.device).eval().requires_grad_(False)
         g, d = (speed_up(m.to(accelerator.device), cfg, accelerator.device) for m in (g, d))
-        opt_g = torch.optim.Adam(g.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-        opt_d = torch.optim.Adam(d.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+        opt_g = adam(g.parameters(), cfg.lr_g, (cfg.beta1, cfg.beta2))
+        opt_d = adam(d.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
         self.g, self.d, self.opt_g, self.opt_d = accelerator.prepare(g, d, opt_g, opt_d)
         # The same global batch on every rank, each keeping its rows (train/distributed.py).
         self.rows = local_rows(accelerator, cfg.batch_size)

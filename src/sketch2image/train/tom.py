@@ -33,6 +33,7 @@ from sketch2image.nets.vgg import VGGEncoder, load_vgg
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.common import (
     JsonlLog,
+    adam,
     discriminator_step,
     prepare_run_dir,
     save_grid,
@@ -139,8 +140,8 @@ class TOMTrainer(ckpt.Checkpointed):
     def __init__(self, cfg: TOMConfig, vgg: VGGEncoder, stats: SketchStats, accelerator: Accelerator) -> None:
         self.cfg, self.vgg, self.stats, self.acc = cfg, vgg, stats, accelerator
         self.g, self.d = (speed_up(m.to(accelerator.device), cfg, accelerator.device) for m in build_models(cfg))
-        self.opt_g = torch.optim.Adam(self.g.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-        self.opt_d = torch.optim.Adam(self.d.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+        self.opt_g = adam(self.g.parameters(), cfg.lr_g, (cfg.beta1, cfg.beta2))
+        self.opt_d = adam(self.d.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
         self.g, self.d, self.opt_g, self.opt_d = accelerator.prepare(self.g, self.d, self.opt_g, self.opt_d)
         self.layers = sorted(set(cfg.gram_layers) | {cfg.feature_layer})
         # Flips and targets are drawn for the global batch alike on every rank; each keeps its rows.
