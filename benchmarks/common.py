@@ -60,15 +60,7 @@ def matmul_gflops(device: str = "cpu", n: int = 4096, iters: int = 5) -> float:
     """The machine's ceiling for the "fraction of peak" column: a plain large fp32 ``torch.mm``."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    a @ b
-    sync()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        a @ b
-        sync()
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return 2 * n**3 / timed(lambda: (a @ b, sync()), iters, warmup=0)["median_s"] / 1e9
 
 
 def timed(fn: Callable[[], object], iters: int, warmup: int = 2) -> dict:

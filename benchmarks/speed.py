@@ -22,8 +22,8 @@ in its own subprocess so its peak RSS (and peak CUDA memory) is its own. The pro
 ../shared/BENCHMARKING.md via ``common``: 2 threads, glibc allocator settings (set for the
 children when the environment lacks them), one untimed step, 2 warm-ups, median/min/max of 7
 training or 15 inference iterations, FLOPs from torch's FlopCounterMode, and ``of_mm``: the
-achieved GFLOP/s as a fraction of a plain 4096² fp32 ``torch.mm`` measured at the end of the run. Inputs are synthetic
-tensors of the stated shapes; TOM uses the real pretrained VGG-19 (most of its cost). Training
+achieved GFLOP/s as a fraction of a plain 4096² fp32 ``torch.mm`` measured at the end of the run.
+Inputs are synthetic tensors of the stated shapes; TOM uses the real pretrained VGG-19 (most of its cost). Training
 mixed precision goes through Accelerate (the trainers' own path), inference through
 ``torch.autocast``. Results: ``results/speed.json`` + ``speed.md`` (``speed_<tag>`` with ``--tag``).
 """
@@ -405,7 +405,7 @@ def main() -> None:
     mm = matmul_gflops(args.device)  # measured now, on the same machine state as the rows
     print(f"fp32 torch.mm 4096²: {mm:.1f} GFLOP/s", flush=True)
     for r in rows:
-        r["of_mm"] = f"{r['gflop_per_s'] / mm:.0%}" if isinstance(r.get("gflop_per_s"), int | float) else "-"
+        r["of_mm"] = f"{r['gflop_per_s'] / mm:.0%}"
     columns = list(COLUMNS)
     if args.device == "cuda":
         columns += ["peak_cuda_mb"]
