@@ -113,9 +113,9 @@ def paired_data(size: int):
 
 def accelerator(device: str, precision: str):
     """The Accelerator the trainers are built with, so mixed precision follows their real code path."""
-    from accelerate import Accelerator
+    from sketch2image.train.common import make_accelerator
 
-    return Accelerator(mixed_precision=ACCELERATE_PRECISION[precision], cpu=device == "cpu")
+    return make_accelerator(ACCELERATE_PRECISION[precision], cpu=device == "cpu")
 
 
 def build(

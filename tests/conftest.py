@@ -75,8 +75,8 @@ def tiny_tom() -> TOMConfig:
 
 
 def _make_manifest(tmp_path: Path, image_dir: Path, n_sk: int = 2) -> Path:
-    """A `tom sketch`-style manifest: every image with n_sk flat black or white sketches."""
-    from PIL import Image
+    """A `tom sketch`-style manifest: every image with n_sk line drawings, different per image and sketch."""
+    from PIL import Image, ImageDraw
 
     from sketch2image.data.images import ImageFolder
 
@@ -87,7 +87,11 @@ def _make_manifest(tmp_path: Path, image_dir: Path, n_sk: int = 2) -> Path:
         for k in range(n_sk):
             p = tmp_path / "sk" / f"s{k}" / f"{sid}.png"
             p.parent.mkdir(parents=True, exist_ok=True)
-            Image.new("L", (32, 32), 255 if (i + k) % 2 else 0).save(p)
+            img = Image.new("L", (32, 32), 255)
+            d = ImageDraw.Draw(img)
+            d.ellipse((4 + i, 4 + k, 26 - k, 28 - i), outline=0, width=1 + k % 2)
+            d.line((0, 3 * i + 2 * k, 31, 31 - 3 * i), fill=0, width=2)
+            img.save(p)
             rel.append(p.relative_to(tmp_path / "sk").as_posix())
         items.append({"id": sid, "image": folder.paths[i].relative_to(image_dir).as_posix(), "sketches": rel})
     path = tmp_path / "sk" / "manifest.json"

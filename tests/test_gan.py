@@ -110,7 +110,8 @@ def test_trainer_updates_g_and_d_and_keeps_ae_frozen(ae_run, paired_manifest):
     d0 = [p.detach().clone() for p in trainer.d.parameters()]
     ema0 = [p.detach().clone() for p in trainer.g_ema.parameters()]
     losses = trainer.step(PairedData.from_manifest(paired_manifest, 32, progress=False), 1)
-    assert set(losses) == {"loss_d", "adv", "rec"}
+    assert set(losses) == {"loss_d", "adv", "rec", "grad_d", "grad_g"}
+    assert 0 < losses["grad_d"] < float("inf") and 0 < losses["grad_g"] < float("inf")
     assert any(not torch.equal(a, b) for a, b in zip(g0, trainer.g.parameters(), strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(d0, trainer.d.parameters(), strict=True))
     for e0, e, g in zip(ema0, trainer.g_ema.parameters(), trainer.g.parameters(), strict=True):

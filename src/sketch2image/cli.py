@@ -26,6 +26,16 @@ def _cmd_data_openmoji(args: argparse.Namespace) -> None:
     print(f"OpenMoji rendered at {args.size}px: {manifest}")
 
 
+def _cmd_weights_vgg(args: argparse.Namespace) -> None:
+    from sketch2image.nets.vgg import vgg_subset_tensors
+    from sketch2image.train.checkpoint import atomic_save_safetensors
+
+    tensors, meta = vgg_subset_tensors(args.upto)
+    atomic_save_safetensors(tensors, Path(args.out), meta)
+    size = Path(args.out).stat().st_size
+    print(f"VGG-19 layers up to {args.upto}: {args.out} ({size / 1e6:.1f} MB); use it with --set vgg={args.out}")
+
+
 def _config(args: argparse.Namespace, base):
     """The stage config: ``base`` with every ``--set KEY=VALUE`` and then the named options applied."""
     from sketch2image.configs import apply_overrides
@@ -52,7 +62,8 @@ def _cmd_tom_sketch(args: argparse.Namespace) -> None:
     from sketch2image.sketcher import sketch_folder
 
     manifest = sketch_folder(Path(args.run), Path(args.images), Path(args.out), size=args.size,
-                             batch_size=args.batch_size, threshold=args.binarize, device=args.device)  # fmt: skip
+                             batch_size=args.batch_size, threshold=args.binarize, device=args.device,
+                             ink_check=not args.no_ink_check)  # fmt: skip
     print(f"sketches and manifest: {manifest}")
 
 
@@ -285,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     om.add_argument("--workers", type=int, default=2)
     om.set_defaults(func=_cmd_data_openmoji)
 
+    wt = jobs.add_parser("weights", help="pretrained weight files").add_subparsers(dest="what", required=True)
+    wv = wt.add_parser("vgg", help="the normalised VGG-19's first layers as a small file (for TOM on another machine)")
+    wv.add_argument("--upto", default="relu3_1", help="deepest layer kept (TOM's defaults need relu3_1)")
+    wv.add_argument("--out", required=True, help="a .safetensors file")
+    wv.set_defaults(func=_cmd_weights_vgg)
+
     tom = jobs.add_parser("tom", help="stage 1: sketch synthesis").add_subparsers(dest="what", required=True)
     tr = tom.add_parser("train", help="train TOM on an image folder and a few real sketches")
     tr.add_argument("--images", required=True, help="folder of RGB images (recursive)")
@@ -302,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--batch-size", type=int, default=8)
     sk.add_argument("--binarize", type=float, default=None, metavar="T", help="threshold to pure black/white lines")
     sk.add_argument("--device", default="cpu")
+    sk.add_argument("--no-ink-check", action="store_true",
+                    help="write the sketches even when a snapshot draws mostly blank or solid ones")  # fmt: skip
     sk.set_defaults(func=_cmd_tom_sketch)
 
     ae = jobs.add_parser("ae", help="stage 2: self-supervised auto-encoder").add_subparsers(dest="what", required=True)

@@ -24,6 +24,8 @@ T = TypeVar("T")
 class TOMConfig:
     """Stage 1: sketch synthesis (paper §3). Defaults are the 128 px CPU-friendly preset."""
 
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"d_norm": "none"}  # runs started before ``d_norm`` existed
+
     size: int = 128
     feature_layer: str = "relu3_1"  # G reads this VGG layer; the AdaIN feature target lives here too
     gram_layers: list[str] = field(default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1"])
@@ -31,6 +33,7 @@ class TOMConfig:
     g_max_width: int = 256
     d_forms: int = 128
     d_hidden: int = 256
+    d_norm: str = "spectral"  # "spectral": unit projections + spectrally normalised MLP; "none": the first D
     vgg: str = "normalised"  # "normalised", "torchvision" or a weight-file path
     gan_loss: str = "bce"  # "bce" (paper Eq. 5) or "hinge"
     w_adv: float = 1.0
@@ -40,6 +43,7 @@ class TOMConfig:
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    max_grad_norm: float = 0.0  # clip each network's gradient norm to this (0: no clipping; the norm is logged)
     batch_size: int = 8
     steps: int = 520
     # Multiple transfers: K generator snapshots, every `snapshot_every` steps after `warmup`.
@@ -69,10 +73,14 @@ class TOMConfig:
         problems += [f"gram layer {g!r} not in {LAYER_NAMES}" for g in self.gram_layers if g not in LAYER_NAMES]
         if self.size < 16 or self.size % 16:
             problems.append(f"size {self.size} must be a multiple of 16 and >= 16")
+        if self.d_norm not in ("spectral", "none"):
+            problems.append(f"d_norm {self.d_norm!r} must be 'spectral' or 'none'")
         if self.gan_loss not in ("bce", "hinge"):
             problems.append(f"gan_loss {self.gan_loss!r} must be 'bce' or 'hinge'")
         if not 0.0 < self.snapshot_focus <= 1.0:
             problems.append(f"snapshot_focus {self.snapshot_focus} must be in (0, 1]")
+        if self.max_grad_norm < 0:
+            problems.append(f"max_grad_norm {self.max_grad_norm} must be >= 0 (0: no clipping)")
         if self.snapshots < 1 or self.snapshot_every < 1 or self.batch_size < 1:
             problems.append("snapshots, snapshot_every and batch_size must be >= 1")
         last = self.warmup + (self.snapshots - 1) * self.snapshot_every
@@ -197,6 +205,7 @@ class AEConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    max_grad_norm: float = 0.0  # clip the gradient norm to this (0: no clipping; the norm is logged)
     batch_size: int = 16
     steps: int = 2000
     seed: int = 0
@@ -231,9 +240,10 @@ class AEConfig:
                 self.w_content_triplet,
                 self.w_style_cls,
                 self.w_content_mi,
+                self.max_grad_norm,
             )
         ):
-            problems.append("loss weights must be >= 0")
+            problems.append("loss weights and max_grad_norm must be >= 0")
         if problems:
             raise S2IError("invalid AE config: " + "; ".join(problems))
 
@@ -274,6 +284,7 @@ class GANConfig:
     lr_d: float = 2e-4
     beta1: float = 0.0
     beta2: float = 0.99
+    max_grad_norm: float = 0.0  # clip each network's gradient norm to this (0: no clipping; the norm is logged)
     ema_decay: float = 0.999
     batch_size: int = 8
     steps: int = 1000
@@ -295,8 +306,8 @@ class GANConfig:
             problems.append(f"arch {self.arch!r} must be lean or classic")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay {self.ema_decay} must be in [0, 1)")
-        if self.batch_size < 1 or self.w_rec < 0:
-            problems.append("batch_size must be >= 1 and w_rec >= 0")
+        if self.batch_size < 1 or self.w_rec < 0 or self.max_grad_norm < 0:
+            problems.append("batch_size must be >= 1, w_rec and max_grad_norm >= 0")
         if problems:
             raise S2IError("invalid GAN config: " + "; ".join(problems))
 

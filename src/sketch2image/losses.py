@@ -15,10 +15,15 @@ def gram(f: torch.Tensor) -> torch.Tensor:
 
     Dividing by the number of positions makes the statistic independent of image size, so
     sketches rendered at different resolutions are judged on the same scale.
+
+    Always computed in float32, outside autocast: a Gram matrix rounded to bf16/fp16 is no longer
+    positive semi-definite, and the discriminator takes logs of its quadratic forms (a bf16 Gram
+    drove TOM to NaN at its first step).
     """
     b, c, h, w = f.shape
-    flat = f.reshape(b, c, h * w)
-    return flat @ flat.transpose(1, 2) / (h * w)
+    with torch.autocast(f.device.type, enabled=False):
+        flat = f.float().reshape(b, c, h * w)
+        return flat @ flat.transpose(1, 2) / (h * w)
 
 
 def mean_std(f: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:

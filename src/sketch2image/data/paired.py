@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sketch2image.data.images import ImageFolder, open_rgb, resize_square, to_grey
+from sketch2image.data.ink import InkReport, ink_fraction
 from sketch2image.errors import InputError
 
 log = logging.getLogger("sketch2image")
@@ -97,7 +98,26 @@ class PairedData:
             )
         images = torch.from_numpy(np.stack([a for a, _ in loaded]))
         sketches = torch.from_numpy(np.stack([b for _, b in loaded]))
+        check_sketch_ink(manifest, sketches)
         return cls([i for i, _, _ in items], images, sketches)
+
+
+def check_sketch_ink(manifest: Path, sketches: torch.Tensor) -> None:
+    """Refuse a manifest whose sketches are mostly blank or solid; warn about a snapshot that is.
+
+    Training on such sketches teaches the auto-encoder to ignore its sketch input (``data/ink.py``).
+    """
+    ink = ink_fraction(sketches.flatten(0, 1)).view(sketches.shape[:2])  # (N, K)
+    whole = InkReport.of(ink)
+    if whole.failed:
+        raise InputError(
+            f"{manifest}: its sketches are unusable for training: {whole.problem()}. Was TOM diverged or "
+            "undertrained? Look at its samples/ and redraw the sketches (thresholds: README, 'Sketch checks')"
+        )
+    for j in range(ink.shape[1]):
+        column = InkReport.of(ink[:, j])
+        if column.failed:
+            log.warning("%s: the sketches of snapshot %d are unusable (%s)", manifest, j, column.problem())
 
 
 def load_pairs_by_id(

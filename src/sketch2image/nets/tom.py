@@ -11,6 +11,8 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import spectral_norm
 
 from sketch2image.nets.vgg import CHANNELS, layer_stride
 
@@ -50,19 +52,30 @@ class _GramHead(nn.Module):
 
     Each form is a second moment of two learnt projections of the feature map, so the head
     sees exactly stroke statistics, at O(C·k) parameters instead of O(C²) for a flat MLP.
+
+    ``norm="spectral"``: u and v are unit directions and the MLP's layers are spectrally
+    normalised, so the logit is 1-Lipschitz in the log-energies along those directions. An
+    unconstrained head (``"none"``, the first version) can scale u and its MLP without bound; on
+    face photos its logits ran to -10 and its quadratic forms lost their sign to rounding.
     """
 
-    def __init__(self, channels: int, forms: int, hidden: int) -> None:
+    def __init__(self, channels: int, forms: int, hidden: int, norm: str = "spectral") -> None:
         super().__init__()
+        self.unit = norm == "spectral"
         self.u = nn.Parameter(torch.randn(channels, forms) / math.sqrt(channels))
         self.v = nn.Parameter(torch.randn(channels, forms) / math.sqrt(channels))
-        self.mlp = nn.Sequential(nn.Linear(2 * forms, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+        layers = [nn.Linear(2 * forms, hidden), nn.Linear(hidden, 1)]
+        if self.unit:
+            layers = [spectral_norm(m) for m in layers]
+        self.mlp = nn.Sequential(layers[0], nn.LeakyReLU(0.2), layers[1])
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
-        gu = g @ self.u  # (B, C, k)
-        quad = (self.u * gu).sum(1)  # uᵀGu ≥ 0: energy along u
-        cross = (self.v * gu).sum(1)  # vᵀGu: co-activation
-        x = torch.cat([torch.log(quad + 1e-4), torch.asinh(cross)], dim=1)
+        u, v = (F.normalize(self.u, dim=0), F.normalize(self.v, dim=0)) if self.unit else (self.u, self.v)
+        gu = g @ u  # (B, C, k)
+        quad = (u * gu).sum(1)  # uᵀGu ≥ 0: energy along u
+        cross = (v * gu).sum(1)  # vᵀGu: co-activation
+        # uᵀGu >= 0 for a Gram matrix, but rounding can make it slightly negative: clamp before the log.
+        x = torch.cat([torch.log(quad.clamp_min(0) + 1e-4), torch.asinh(cross)], dim=1)
         return self.mlp(x)
 
 
@@ -70,14 +83,25 @@ class GramDiscriminator(nn.Module):
     """Sum of per-layer logits over the Gram matrices of several VGG layers."""
 
     def __init__(
-        self, layers: tuple[str, ...] = ("relu2_1", "relu3_1", "relu4_1"), forms: int = 128, hidden: int = 256
+        self,
+        layers: tuple[str, ...] = ("relu2_1", "relu3_1", "relu4_1"),
+        forms: int = 128,
+        hidden: int = 256,
+        norm: str = "spectral",
     ) -> None:
         super().__init__()
+        if norm not in ("spectral", "none"):
+            raise ValueError(f"norm {norm!r} must be 'spectral' or 'none'")
         self.layers = tuple(layers)
-        self.heads = nn.ModuleDict({name: _GramHead(CHANNELS[name], forms, hidden) for name in self.layers})
+        self.heads = nn.ModuleDict({name: _GramHead(CHANNELS[name], forms, hidden, norm) for name in self.layers})
 
     def forward(self, grams: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.stack([self.heads[name](grams[name]) for name in self.layers], 0).sum(0).squeeze(1)
+        # float32 throughout, under any autocast: logs of quadratic forms of Gram matrices whose entries
+        # reach 1e4 lose their sign in bf16.
+        device = next(iter(grams.values())).device.type
+        with torch.autocast(device, enabled=False):
+            logits = [self.heads[name](grams[name].float()) for name in self.layers]
+        return torch.stack(logits, 0).sum(0).squeeze(1)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -9,6 +9,7 @@ normalisation for torchvision's VGG-19 (we build it). Layers are addressable by 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sketch2image.errors import WeightsError
-from sketch2image.weights import VGG19_NORMALISED, WeightSpec, file_sha256, resolve
+from sketch2image.weights import VGG19_NORMALISED, VGG19_NORMALISED_LAYERS, WeightSpec, file_sha256, resolve
 
 # (name, in_channels, out_channels); "pool" marks a 2×2 max-pool. Stops at conv5_1: no stage
 # of the method reads deeper features.
@@ -53,15 +54,17 @@ def layer_stride(layer: str) -> int:
 
 
 class VGGEncoder(nn.Module):
-    """VGG-19 up to relu5_1 with a learnt-free input adapter; frozen after loading."""
+    """VGG-19 up to relu5_1 (or up to ``upto``) with a learnt-free input adapter; frozen after loading."""
 
-    def __init__(self, padding_mode: str = "reflect") -> None:
+    def __init__(self, padding_mode: str = "reflect", upto: str = LAYER_NAMES[-1]) -> None:
         super().__init__()
+        self.upto = upto
         self.prep = nn.Conv2d(3, 3, 1)
         self.convs = nn.ModuleDict(
             {
                 name: nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding_mode)
                 for name, cin, cout in (p for p in _PLAN if isinstance(p, tuple))
+                if CONV_NAMES.index(name) <= LAYER_NAMES.index(upto)
             }
         )
 
@@ -71,6 +74,12 @@ class VGGEncoder(nn.Module):
         unknown = wanted - set(LAYER_NAMES)
         if unknown:
             raise ValueError(f"unknown VGG layers {sorted(unknown)}; choose from {LAYER_NAMES}")
+        deeper = sorted(n for n in wanted if LAYER_NAMES.index(n) > LAYER_NAMES.index(self.upto))
+        if deeper:
+            raise WeightsError(
+                f"this VGG holds the layers up to {self.upto} only; {', '.join(deeper)} need(s) the full VGG-19 "
+                f"(`pip install {VGG19_NORMALISED.distribution}=={VGG19_NORMALISED.version}`)"
+            )
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         h = self.prep(x)
@@ -139,6 +148,61 @@ def load_normalised_vgg(path: str | os.PathLike | None = None, spec: WeightSpec 
     return enc.freeze()
 
 
+VGG_SUBSET_FORMAT = "sketch2image.vgg_subset/1"
+
+
+def layer_sha256(weight: torch.Tensor, bias: torch.Tensor) -> str:
+    """sha256 of one layer's float32 weight and bias bytes (how a VGG subset file is verified)."""
+    h = hashlib.sha256()
+    for t in (weight, bias):
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def vgg_subset_tensors(upto: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The checksum-verified normalised VGG-19's layers up to ``upto``: (tensors, safetensors metadata).
+
+    A small file of these is what a machine without the 80 MB weight file (a GPU node, a cluster
+    job with an upload limit) needs for TOM: its layers up to relu3_1 are 2.2 MB.
+    """
+    if upto not in LAYER_NAMES:
+        raise WeightsError(f"unknown VGG layer {upto!r}; choose from {LAYER_NAMES}")
+    enc = load_normalised_vgg()
+    layers = {"prep": enc.prep, **{n: enc.convs[n] for n in CONV_NAMES[: LAYER_NAMES.index(upto) + 1]}}
+    tensors = {f"{n}.{k}": getattr(m, k).detach().clone() for n, m in layers.items() for k in ("weight", "bias")}
+    meta = {"format": VGG_SUBSET_FORMAT, "upto": upto, "source": VGG19_NORMALISED.name,
+            "source_sha256": VGG19_NORMALISED.sha256}  # fmt: skip
+    return tensors, meta
+
+
+def load_vgg_subset(path: str | os.PathLike) -> VGGEncoder:
+    """A file from ``s2i weights vgg``: every layer checked against the normalised VGG-19's own checksums."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: VGG subset file not found (make one with `s2i weights vgg --upto relu3_1`)")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: unreadable safetensors file ({e})") from e
+    upto = meta.get("upto", "")
+    if meta.get("format") != VGG_SUBSET_FORMAT or upto not in LAYER_NAMES:
+        raise WeightsError(f"{path}: not a sketch2image VGG subset file (format {meta.get('format')!r})")
+    enc = VGGEncoder(padding_mode="reflect", upto=upto)
+    for name, conv in [("prep", enc.prep), *enc.convs.items()]:
+        w, b = tensors.get(f"{name}.weight"), tensors.get(f"{name}.bias")
+        if w is None or b is None or w.shape != conv.weight.shape or b.shape != conv.bias.shape:
+            raise WeightsError(f"{path}: layer {name} is missing or has the wrong shape")
+        if layer_sha256(w, b) != VGG19_NORMALISED_LAYERS[name]:
+            raise WeightsError(f"{path}: layer {name} does not match the {VGG19_NORMALISED.name} weights (checksum)")
+        conv.weight.data.copy_(w)
+        conv.bias.data.copy_(b)
+    return enc.freeze()
+
+
 def torchvision_vgg19_cache_file() -> Path:
     """Where torchvision keeps its ImageNet VGG-19 weights once downloaded (we never download)."""
     from torchvision.models import VGG19_Weights
@@ -173,7 +237,8 @@ def load_vgg(source: str | os.PathLike = "normalised") -> VGGEncoder:
     """``"normalised"`` (default), ``"torchvision"``, or a path to a weight file.
 
     A path is checked against the normalised VGG's checksum unless its name says torchvision
-    (``vgg19-<hash>.pth``).
+    (``vgg19-<hash>.pth``); a ``.safetensors`` path is a subset file from ``s2i weights vgg``,
+    checked layer by layer.
     """
     if source == "normalised":
         return load_normalised_vgg()
@@ -182,4 +247,6 @@ def load_vgg(source: str | os.PathLike = "normalised") -> VGGEncoder:
     path = Path(source)
     if path.name.startswith("vgg19-"):
         return load_torchvision_vgg(path)
+    if path.suffix == ".safetensors":
+        return load_vgg_subset(path)
     return load_normalised_vgg(path)

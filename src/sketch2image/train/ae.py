@@ -27,8 +27,17 @@ from sketch2image.errors import CheckpointError, S2IError
 from sketch2image.losses import content_triplet, style_triplet, uniform_prediction_loss
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.train import checkpoint as ckpt
-from sketch2image.train.common import adam, prepare_run_dir, run_steps, save_grid, seed_everything, speed_up
+from sketch2image.train.common import (
+    adam,
+    make_accelerator,
+    prepare_run_dir,
+    run_steps,
+    save_grid,
+    seed_everything,
+    speed_up,
+)
 from sketch2image.train.distributed import gather, local_rows
+from sketch2image.train.guard import FiniteGuard
 
 MODEL_FORMAT = "sketch2image.autoencoder/1"
 
@@ -57,9 +66,17 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
 class AETrainer(ckpt.Checkpointed):
     """Networks, optimisers, the momentum-classifier state, and one training step."""
 
-    def __init__(self, cfg: AEConfig, n_images: int, accelerator: Accelerator, vgg: nn.Module | None = None):
+    def __init__(
+        self,
+        cfg: AEConfig,
+        n_images: int,
+        accelerator: Accelerator,
+        vgg: nn.Module | None = None,
+        run_dir: Path | None = None,
+    ):
         cfg.validate()
         self.cfg, self.acc, self.n = cfg, accelerator, n_images
+        self.guard = FiniteGuard("AE", accelerator, run_dir)
         self.k = min(cfg.cls_k, n_images)
         if cfg.w_style_cls or cfg.w_content_mi:
             if self.k < cfg.batch_size:
@@ -182,19 +199,18 @@ class AETrainer(ckpt.Checkpointed):
         return sum(weights[name] * value for name, value in terms.items())
 
     def step(self, data: PairedData, step: int) -> dict[str, float]:
+        self.guard.step = step
         idx, labels = self.sample(step)
         images, sketches = data.batch(idx, self.acc.device)
         self.model.train()
         with self.acc.autocast():
             terms = self.losses(images, sketches, labels.to(self.acc.device))
             loss = self.total(terms)
-        self.opt.zero_grad(set_to_none=True)
-        self.opt_head.zero_grad(set_to_none=True)
-        self.acc.backward(loss)
-        self.opt.step()
-        if self.cfg.w_style_cls:
-            self.opt_head.step()
-        return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+        # The head has gradients only from the style-classification term (the MI term uses it detached).
+        opts = [self.opt, self.opt_head] if self.cfg.w_style_cls else [self.opt]
+        params = [*self.model.parameters(), *self.head.parameters()]
+        grad = self.guard.update(opts, loss, params, {**terms, "loss": loss}, "the AE", self.cfg.max_grad_norm)
+        return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, "grad": grad}
 
     @torch.no_grad()
     def generate(self, sketches: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
@@ -230,7 +246,7 @@ def sample_grid(trainer: AETrainer, data: PairedData, path: Path, n: int = 6) ->
 def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = True, progress: bool = True) -> Path:
     cfg.validate()
     run_dir = Path(run_dir)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    acc = make_accelerator(cfg.mixed_precision)
     data = PairedData.from_manifest(manifest, cfg.size, progress=progress and acc.is_main_process)
     if acc.is_main_process:
         prepare_run_dir(run_dir, cfg, resume)
@@ -239,7 +255,7 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
         )
     acc.wait_for_everyone()
     seed_everything(cfg.seed)
-    trainer = AETrainer(cfg, len(data), acc)
+    trainer = AETrainer(cfg, len(data), acc, run_dir=run_dir)
     start = ckpt.resume_step(run_dir, trainer.load_state, resume)
     if acc.is_main_process:
         counts = acc.unwrap_model(trainer.model).parameter_counts()

@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,23 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def first_non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, torch.Tensor] | None:
+    """The first floating-point tensor holding NaN/inf, as (name, tensor), or None."""
+    for name, t in tensors:
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name, t
+    return None
+
+
+def refuse_non_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights holding NaN/inf are never written: a diverged run must not leave a loadable model behind."""
+    bad = first_non_finite(tensors.items())
+    if bad is not None:
+        raise CheckpointError(f"refusing to write {path}: '{bad[0]}' holds non-finite values (the run diverged)")
+
+
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
+    refuse_non_finite(tensors, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -116,6 +133,22 @@ def load_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, t
         for saved, now in zip(meta["param_groups"], opt.param_groups, strict=False)
     ] + meta["param_groups"][len(opt.param_groups) :]
     opt.load_state_dict({"state": state, "param_groups": groups})
+    match_parameters(opt)
+
+
+def match_parameters(opt: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor its parameter's device, dtype and memory layout.
+
+    ``load_state_dict`` moves moments to the parameter's device and dtype but keeps the layout of
+    what was saved (contiguous), while channels_last parameters on CUDA are not: the fused Adam
+    kernel then refuses the step ("must have same dtype, device, and layout").
+    """
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for key, val in st.items():
+                if torch.is_tensor(val) and val.shape == p.shape and val.stride() != p.stride():
+                    st[key] = torch.empty_like(p, dtype=val.dtype).copy_(val)
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -140,8 +173,9 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict, keep: int = 2) -> Path:
     """Write ``checkpoints/step_XXXXXXX`` atomically, point ``latest`` at it, prune old ones."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
+    refuse_non_finite(tensors, final)
+    root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:07d}."))
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torchvision.utils import make_grid, save_image
 
 from sketch2image.configs import from_dict, to_dict
@@ -83,6 +84,24 @@ def prepare_run_dir(run_dir: Path, cfg: Any, resume: bool, mutable: tuple[str, .
     return cfg
 
 
+def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Accelerator:
+    """The Accelerator of one stage, with that stage's precision.
+
+    Accelerate keeps one process-wide state and refuses a second Accelerator with another precision
+    ("AcceleratorState has already been initialized"). The stages of one process (the demo, the
+    benchmarks, the Python API) may each choose theirs, so the precision part of that state is reset
+    when it differs; the process group (``PartialState``) is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    cpu = not torch.cuda.is_available() if cpu is None else cpu
+    if AcceleratorState._shared_state:
+        state = AcceleratorState()
+        if str(state.mixed_precision) != mixed_precision or (state.device.type == "cpu") != cpu:
+            AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
 def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
     """Adam with the fused kernel (CPU and CUDA): one pass over all tensors instead of a Python
     loop per tensor; on the 2-core CPU a 50 M-parameter step takes 23 ms instead of 84 ms."""
@@ -98,21 +117,21 @@ def speed_up(module: torch.nn.Module, cfg: Any, device: torch.device) -> torch.n
     return module
 
 
-def discriminator_step(acc, d: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn) -> tuple[torch.Tensor, Any]:
-    """One update of a (possibly DDP-wrapped) discriminator with ``loss_fn(d)``.
+def discriminator_step(
+    acc, d: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, guard, max_grad_norm: float = 0.0
+) -> tuple[torch.Tensor, float, Any]:
+    """One guarded update of a (possibly DDP-wrapped) discriminator with ``loss_fn(d)``.
 
-    Returns the loss and the *unwrapped*, frozen D for the generator's pass: going through the DDP
-    wrapper there would make it wait for gradients that D's frozen weights never produce.
+    Returns the loss, D's gradient norm and the *unwrapped*, frozen D for the generator's pass: going
+    through the DDP wrapper there would make it wait for gradients that D's frozen weights never produce.
     """
     d.requires_grad_(True)
     with acc.autocast():
         loss = loss_fn(d)
-    opt.zero_grad(set_to_none=True)
-    acc.backward(loss)
-    opt.step()
+    norm = guard.update(opt, loss, d.parameters(), {"loss_d": loss}, "D", max_grad_norm)
     frozen = acc.unwrap_model(d)
     frozen.requires_grad_(False)
-    return loss, frozen
+    return loss, norm, frozen
 
 
 def run_steps(
@@ -140,21 +159,24 @@ def run_steps(
 
     logger = JsonlLog(run_dir / "log.jsonl", acc.is_main_process)
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (progress and acc.is_main_process))
-    for step in range(start + 1, cfg.steps + 1):
-        losses = step_fn(step)
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
-            logger.write(step=step, **losses)
-            if tensorboard is not None:
-                for k, v in losses.items():
-                    tensorboard.add_scalar(f"{desc.lower()}/{k}", v, step)
-        if acc.is_main_process and (step % cfg.sample_every == 0 or step == cfg.steps):
-            sample_fn(run_dir / "samples" / f"step_{step:07d}.png")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            tensors, meta = trainer.state()
-            if acc.is_main_process:
-                ckpt.save_checkpoint(run_dir, step, tensors, {**meta, "config": to_dict(cfg)}, cfg.keep_checkpoints)
-                save_model()
-    bar.close()
+    try:  # the bar ends its line before any error is printed
+        for step in range(start + 1, cfg.steps + 1):
+            losses = step_fn(step)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+                logger.write(step=step, **losses)
+                if tensorboard is not None:
+                    for k, v in losses.items():
+                        tensorboard.add_scalar(f"{desc.lower()}/{k}", v, step)
+            if acc.is_main_process and (step % cfg.sample_every == 0 or step == cfg.steps):
+                sample_fn(run_dir / "samples" / f"step_{step:07d}.png")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                tensors, meta = trainer.state()
+                trainer.guard.check_weights(tensors)  # nothing is written from non-finite weights
+                if acc.is_main_process:
+                    ckpt.save_checkpoint(run_dir, step, tensors, {**meta, "config": to_dict(cfg)}, cfg.keep_checkpoints)
+                    save_model()
+    finally:
+        bar.close()
     acc.wait_for_everyone()

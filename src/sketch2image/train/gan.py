@@ -29,6 +29,7 @@ from sketch2image.train.ae import from_pretrained as load_ae
 from sketch2image.train.common import (
     adam,
     discriminator_step,
+    make_accelerator,
     prepare_run_dir,
     run_steps,
     save_grid,
@@ -36,6 +37,7 @@ from sketch2image.train.common import (
     speed_up,
 )
 from sketch2image.train.distributed import local_rows, rank_seed
+from sketch2image.train.guard import FiniteGuard
 
 MODEL_FORMAT = "sketch2image.refiner/1"
 
@@ -68,10 +70,13 @@ def load_refiner(directory: str | Path, device: str | torch.device = "cpu") -> R
 
 
 class GANTrainer(ckpt.Checkpointed):
-    def __init__(self, cfg: GANConfig, ae: SketchAutoEncoder, accelerator: Accelerator) -> None:
+    def __init__(
+        self, cfg: GANConfig, ae: SketchAutoEncoder, accelerator: Accelerator, run_dir: Path | None = None
+    ) -> None:
         cfg = cfg.for_size(ae.cfg.size)
         cfg.validate()
         self.cfg, self.acc = cfg, accelerator
+        self.guard = FiniteGuard("GAN", accelerator, run_dir)
         self.ae = ae.to(accelerator.device).eval().requires_grad_(False)
         g, d = Refiner(cfg, ae.cfg.style_dim), PatchDiscriminator(cfg)
         self.g_ema = copy.deepcopy(g).to(accelerator.device).eval().requires_grad_(False)
@@ -90,6 +95,7 @@ class GANTrainer(ckpt.Checkpointed):
 
     def step(self, data: PairedData, step: int) -> dict[str, float]:
         cfg, acc = self.cfg, self.acc
+        self.guard.step = step
         idx = torch.randperm(len(data), generator=self.data_gen)[: cfg.batch_size]
         pick = torch.randint(data.k, (len(idx),), generator=self.data_gen)
         idx, pick = idx[self.rows], pick[self.rows]
@@ -97,16 +103,22 @@ class GANTrainer(ckpt.Checkpointed):
         x_ae, f_style = self.ae_output(sketches[torch.arange(len(idx)), pick], images)
         with acc.autocast():
             fake = self.g(x_ae, f_style)
-        loss_d, d = discriminator_step(acc, self.d, self.opt_d, lambda d: d_loss(d(images), d(fake.detach()), "hinge"))
+        loss_d, grad_d, d = discriminator_step(
+            acc,
+            self.d,
+            self.opt_d,
+            lambda d: d_loss(d(images), d(fake.detach()), "hinge"),
+            self.guard,
+            cfg.max_grad_norm,
+        )
         with acc.autocast():
             adv = g_adv_loss(d(fake), "hinge")
             rec = F.mse_loss(fake.float(), images)
             loss_g = adv + cfg.w_rec * rec
-        self.opt_g.zero_grad(set_to_none=True)
-        acc.backward(loss_g)
-        self.opt_g.step()
+        grad_g = self.guard.update(self.opt_g, loss_g, self.g.parameters(), {"adv": adv, "rec": rec}, "G2",
+                                   cfg.max_grad_norm)  # fmt: skip
         ema_update(self.g_ema, acc.unwrap_model(self.g), cfg.ema_decay)
-        return {"loss_d": loss_d.item(), "adv": adv.item(), "rec": rec.item()}
+        return {"loss_d": loss_d.item(), "adv": adv.item(), "rec": rec.item(), "grad_d": grad_d, "grad_g": grad_g}
 
     @torch.no_grad()
     def refine(self, sketches: torch.Tensor, styles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +145,7 @@ def train_gan(
 ) -> Path:
     cfg.validate()
     run_dir = Path(run_dir)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    acc = make_accelerator(cfg.mixed_precision)
     ae = load_ae(ae_run, acc.device)
     cfg = cfg.for_size(ae.cfg.size)  # the run's config.json records the widths actually used
     data = PairedData.from_manifest(manifest, ae.cfg.size, progress=progress and acc.is_main_process)
@@ -145,7 +157,7 @@ def train_gan(
         )
     acc.wait_for_everyone()
     seed_everything(cfg.seed)
-    trainer = GANTrainer(cfg, ae, acc)  # same initial weights on every rank
+    trainer = GANTrainer(cfg, ae, acc, run_dir)  # same initial weights on every rank
     start = ckpt.resume_step(run_dir, trainer.load_state, resume)
     if acc.process_index:  # the refiner's per-pixel noise must differ per rank
         torch.manual_seed(rank_seed(cfg.seed + start, acc))

@@ -35,12 +35,14 @@ from sketch2image.train.common import (
     JsonlLog,
     adam,
     discriminator_step,
+    make_accelerator,
     prepare_run_dir,
     save_grid,
     seed_everything,
     speed_up,
 )
 from sketch2image.train.distributed import local_rows
+from sketch2image.train.guard import FiniteGuard
 
 log = logging.getLogger("sketch2image")
 
@@ -116,7 +118,7 @@ def load_sketch_set(root: Path, size: int) -> torch.Tensor:
 
 def build_models(cfg: TOMConfig) -> tuple[SketchGenerator, GramDiscriminator]:
     g = SketchGenerator(cfg.feature_layer, cfg.g_width, cfg.g_max_width)
-    d = GramDiscriminator(tuple(cfg.gram_layers), cfg.d_forms, cfg.d_hidden)
+    d = GramDiscriminator(tuple(cfg.gram_layers), cfg.d_forms, cfg.d_hidden, cfg.d_norm)
     return g, d
 
 
@@ -137,8 +139,11 @@ class LocalBatches:
 class TOMTrainer(ckpt.Checkpointed):
     """Holds the networks and does one training step; the loop around it is ``train_tom``."""
 
-    def __init__(self, cfg: TOMConfig, vgg: VGGEncoder, stats: SketchStats, accelerator: Accelerator) -> None:
+    def __init__(
+        self, cfg: TOMConfig, vgg: VGGEncoder, stats: SketchStats, accelerator: Accelerator, run_dir: Path | None = None
+    ) -> None:
         self.cfg, self.vgg, self.stats, self.acc = cfg, vgg, stats, accelerator
+        self.guard = FiniteGuard("TOM", accelerator, run_dir)
         self.g, self.d = (speed_up(m.to(accelerator.device), cfg, accelerator.device) for m in build_models(cfg))
         self.opt_g = adam(self.g.parameters(), cfg.lr_g, (cfg.beta1, cfg.beta2))
         self.opt_d = adam(self.d.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
@@ -151,6 +156,7 @@ class TOMTrainer(ckpt.Checkpointed):
     def step(self, images: torch.Tensor, step: int) -> dict[str, float]:
         """One D and one G update on this rank's rows (``images``) of the step's global batch."""
         cfg, acc = self.cfg, self.acc
+        self.guard.step = step
         flip = (torch.rand(cfg.batch_size, generator=self.gen) < 0.5)[self.rows].to(images.device)
         pool = target_pool(step, cfg, self.stats)
         idx = pool[torch.randint(len(pool), (cfg.batch_size,), generator=self.gen)][self.rows].to(images.device)
@@ -170,8 +176,13 @@ class TOMTrainer(ckpt.Checkpointed):
 
         # D: real sketches' Grams vs the generated ones (detached).
         detached = {k: v.detach() for k, v in fake_grams.items()}
-        loss_d, d = discriminator_step(
-            acc, self.d, self.opt_d, lambda d: d_loss(d(real_grams), d(detached), cfg.gan_loss)
+        loss_d, grad_d, d = discriminator_step(
+            acc,
+            self.d,
+            self.opt_d,
+            lambda d: d_loss(d(real_grams), d(detached), cfg.gan_loss),
+            self.guard,
+            cfg.max_grad_norm,
         )
 
         # G: fool D + match the online AdaIN feature target (+ optional Gram matching).
@@ -181,15 +192,16 @@ class TOMTrainer(ckpt.Checkpointed):
             loss_feat = F.mse_loss(feats[cfg.feature_layer].float(), f_target)
             loss_gram = sum(F.mse_loss(fake_grams[g], real_grams[g]) for g in cfg.gram_layers) / len(cfg.gram_layers)
             loss_g = cfg.w_adv * loss_adv + cfg.w_feat * loss_feat + (cfg.w_gram * loss_gram if cfg.w_gram else 0.0)
-        self.opt_g.zero_grad(set_to_none=True)
-        acc.backward(loss_g)
-        self.opt_g.step()
+        terms = {"loss_adv": loss_adv, "loss_feat": loss_feat, "loss_gram": loss_gram, "d_fake": fake_logits}
+        grad_g = self.guard.update(self.opt_g, loss_g, self.g.parameters(), terms, "G", cfg.max_grad_norm)
         return {
             "loss_d": loss_d.item(),
             "loss_adv": loss_adv.item(),
             "loss_feat": loss_feat.item(),
             "loss_gram": float(loss_gram.detach()),
             "d_fake": fake_logits.mean().item(),
+            "grad_d": grad_d,
+            "grad_g": grad_g,
         }
 
     @torch.no_grad()
@@ -221,7 +233,7 @@ def train_tom(
     """Train (or continue) a TOM run; returns the run folder."""
     cfg.validate()
     run_dir = Path(run_dir)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    acc = make_accelerator(cfg.mixed_precision)
     dataset = ImageFolder(images, cfg.size, progress=progress and acc.is_main_process)
     real = load_sketch_set(Path(sketches), cfg.size)
     if len(real) < 2:
@@ -246,7 +258,7 @@ def train_tom(
     stats = SketchStats.compute(vgg, stroke_variants(real, cfg.stroke_variants), cfg)
     stats.mean, stats.std = stats.mean.to(acc.device), stats.std.to(acc.device)
     stats.grams = {k: v.to(acc.device) for k, v in stats.grams.items()}
-    trainer = TOMTrainer(cfg, vgg, stats, acc)
+    trainer = TOMTrainer(cfg, vgg, stats, acc, run_dir)
 
     start = ckpt.resume_step(run_dir, trainer.load_state, resume)
     if start >= cfg.steps:
@@ -271,26 +283,31 @@ def train_tom(
     snap_steps = cfg.snapshot_steps()
     bar = tqdm(total=cfg.steps, initial=start, desc="TOM", disable=not (progress and acc.is_main_process))
     step = start
-    for batch in loader:
-        losses = trainer.step(batch["image"].to(acc.device, non_blocking=True), step + 1)
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
-            logger.write(step=step, **losses)
-        if acc.is_main_process:
+    try:  # the bar ends its line before any error is printed
+        for batch in loader:
+            losses = trainer.step(batch["image"].to(acc.device, non_blocking=True), step + 1)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+                logger.write(step=step, **losses)
             if step in snap_steps:
-                k = snap_steps.index(step)
-                variant = stats.variant[int(target_pool(step, cfg, stats)[0])]
-                save_snapshot(run_dir, k, step, acc.unwrap_model(trainer.g), cfg, variant)
-            if step % cfg.sample_every == 0 or step == cfg.steps:
-                save_grid(run_dir / "samples" / f"step_{step:07d}.png", [fixed, trainer.sketch(fixed)])
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            tensors, meta = trainer.state()
+                trainer.guard.check_weights(acc.unwrap_model(trainer.g).state_dict())
             if acc.is_main_process:
-                ckpt.save_checkpoint(run_dir, step, tensors, {**meta, "config": to_dict(cfg)}, cfg.keep_checkpoints)
-        if step >= cfg.steps:
-            break
-    bar.close()
+                if step in snap_steps:
+                    k = snap_steps.index(step)
+                    variant = stats.variant[int(target_pool(step, cfg, stats)[0])]
+                    save_snapshot(run_dir, k, step, acc.unwrap_model(trainer.g), cfg, variant)
+                if step % cfg.sample_every == 0 or step == cfg.steps:
+                    save_grid(run_dir / "samples" / f"step_{step:07d}.png", [fixed, trainer.sketch(fixed)])
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                tensors, meta = trainer.state()
+                trainer.guard.check_weights(tensors)
+                if acc.is_main_process:
+                    ckpt.save_checkpoint(run_dir, step, tensors, {**meta, "config": to_dict(cfg)}, cfg.keep_checkpoints)
+            if step >= cfg.steps:
+                break
+    finally:
+        bar.close()
     acc.wait_for_everyone()
     return run_dir
