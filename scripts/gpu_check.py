@@ -180,18 +180,24 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         run(s2i_command("export", "--tom", str(out / "tom"), "--ae", str(out / "ae"), "--gan", str(out / "gan"),
                         "--out", str(out / "model"), "--data", "gpu_check"), log)  # fmt: skip
-        some = sorted(Path(args.images).rglob("*.jpg"))[:2] + sorted(Path(args.images).rglob("*.png"))[:2]
-        styles = out / "styles"
-        styles.mkdir(exist_ok=True)
-        for f in some[:2]:
-            (styles / f.name).write_bytes(f.read_bytes())
-        gen = ["generate", "--model", str(out / "model"), "--sketch", str(out / "sketches" / "s00"),
-               "--style", str(styles), "--out", str(out / "generated"), "--device", device]  # fmt: skip
+        photos = sorted([*Path(args.images).rglob("*.jpg"), *Path(args.images).rglob("*.png")])
+        inputs = out / "inputs"
+        for sub, files in (("styles", photos[:2]), ("sketches", sorted((out / "sketches" / "s00").glob("*.png"))[:8])):
+            (inputs / sub).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                (inputs / sub / f.name).write_bytes(f.read_bytes())
+        gen = ["generate", "--model", str(out / "model"), "--sketch", str(inputs / "sketches"),
+               "--style", str(inputs / "styles"), "--out", str(out / "generated"), "--device", device]  # fmt: skip
         gen_s = run(s2i_command(*gen), log)
-        n_out = len(manifest["items"]) * len(list(styles.iterdir()))
+        n_out = len(list((inputs / "sketches").iterdir())) * len(list((inputs / "styles").iterdir()))
         check_images(out / "generated", n_out)
+        run(s2i_command("transfer", "--model", str(out / "model"), "--content", str(photos[-1]), "--style",
+                        str(photos[0]), "--out", str(out / "transfer.png"), "--device", device), log)  # fmt: skip
+        if not (out / "transfer.png").is_file():
+            raise CheckFailed(f"{out / 'transfer.png'}: style transfer wrote nothing")
         summary["generate"] = {"seconds": round(gen_s, 1), "images": n_out}
         summary["pipeline_seconds"] = round(time.perf_counter() - t0, 1)
+        (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")  # kept if the benchmark dies
         if not args.no_speed:
             precision = {"no": "fp32"}.get(args.precision, args.precision)
             speed = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--device", device, "--precision",

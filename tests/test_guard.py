@@ -205,6 +205,7 @@ def test_fp16_overflow_is_a_skipped_step_not_an_error():
     def update(scale: float) -> None:
         loss = (w * scale).sum()
         guard.update(opt, loss, [w], {"rec": loss}, "the AE")
+        guard.end_step()
 
     update(2.0)
     assert torch.allclose(w, torch.full((3,), 0.8)) and guard.skipped == 0
@@ -216,6 +217,19 @@ def test_fp16_overflow_is_a_skipped_step_not_an_error():
     update(float("inf"))
     with pytest.raises(NonFiniteError, match="skipped 3 steps in a row"):
         update(float("inf"))
+
+
+def test_a_non_finite_gradient_of_a_finite_loss_is_named():
+    from sketch2image.train.common import make_accelerator
+
+    guard = FiniteGuard("GAN", make_accelerator("no"))
+    guard.step = 7
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([w], lr=0.1)
+    loss = w.sqrt().sum()  # 0, with an infinite gradient at 0
+    guard.update(opt, loss, [w], {"adv": loss}, "G2")
+    with pytest.raises(NonFiniteError, match=r"GAN step 7: non-finite gradient norm of G2 \(inf\)"):
+        guard.end_step()
 
 
 def test_non_finite_weights_are_never_written(tmp_path):
@@ -375,5 +389,5 @@ def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path, sketch_dir):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     summary = json.loads((out / "gpu_check.json").read_text())
     assert summary["ok"] and summary["tom"]["killed_after"] == 2 and summary["ae"]["killed_after"] == 2
-    assert summary["generate"]["images"] == 16
+    assert summary["generate"]["images"] == 8 * 2 and (out / "transfer.png").is_file()
     assert "OK: cpu" in r.stdout

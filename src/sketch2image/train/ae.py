@@ -209,7 +209,8 @@ class AETrainer(ckpt.Checkpointed):
         # The head has gradients only from the style-classification term (the MI term uses it detached).
         opts = [self.opt, self.opt_head] if self.cfg.w_style_cls else [self.opt]
         params = [*self.model.parameters(), *self.head.parameters()]
-        grad = self.guard.update(opts, loss, params, {**terms, "loss": loss}, "the AE", self.cfg.max_grad_norm)
+        self.guard.update(opts, loss, params, {**terms, "loss": loss}, "the AE", self.cfg.max_grad_norm)
+        grad = self.guard.end_step()["the AE"]
         return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, "grad": grad}
 
     @torch.no_grad()

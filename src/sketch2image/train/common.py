@@ -119,19 +119,19 @@ def speed_up(module: torch.nn.Module, cfg: Any, device: torch.device) -> torch.n
 
 def discriminator_step(
     acc, d: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, guard, max_grad_norm: float = 0.0
-) -> tuple[torch.Tensor, float, Any]:
-    """One guarded update of a (possibly DDP-wrapped) discriminator with ``loss_fn(d)``.
+) -> tuple[torch.Tensor, Any]:
+    """One guarded update of a (possibly DDP-wrapped) discriminator with ``loss_fn(d)`` (norm: "D").
 
-    Returns the loss, D's gradient norm and the *unwrapped*, frozen D for the generator's pass: going
-    through the DDP wrapper there would make it wait for gradients that D's frozen weights never produce.
+    Returns the loss and the *unwrapped*, frozen D for the generator's pass: going through the DDP
+    wrapper there would make it wait for gradients that D's frozen weights never produce.
     """
     d.requires_grad_(True)
     with acc.autocast():
         loss = loss_fn(d)
-    norm = guard.update(opt, loss, d.parameters(), {"loss_d": loss}, "D", max_grad_norm)
+    guard.update(opt, loss, d.parameters(), {"loss_d": loss}, "D", max_grad_norm)
     frozen = acc.unwrap_model(d)
     frozen.requires_grad_(False)
-    return loss, norm, frozen
+    return loss, frozen
 
 
 def run_steps(

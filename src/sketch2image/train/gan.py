@@ -103,7 +103,7 @@ class GANTrainer(ckpt.Checkpointed):
         x_ae, f_style = self.ae_output(sketches[torch.arange(len(idx)), pick], images)
         with acc.autocast():
             fake = self.g(x_ae, f_style)
-        loss_d, grad_d, d = discriminator_step(
+        loss_d, d = discriminator_step(
             acc,
             self.d,
             self.opt_d,
@@ -115,10 +115,16 @@ class GANTrainer(ckpt.Checkpointed):
             adv = g_adv_loss(d(fake), "hinge")
             rec = F.mse_loss(fake.float(), images)
             loss_g = adv + cfg.w_rec * rec
-        grad_g = self.guard.update(self.opt_g, loss_g, self.g.parameters(), {"adv": adv, "rec": rec}, "G2",
-                                   cfg.max_grad_norm)  # fmt: skip
+        self.guard.update(self.opt_g, loss_g, self.g.parameters(), {"adv": adv, "rec": rec}, "G2", cfg.max_grad_norm)
         ema_update(self.g_ema, acc.unwrap_model(self.g), cfg.ema_decay)
-        return {"loss_d": loss_d.item(), "adv": adv.item(), "rec": rec.item(), "grad_d": grad_d, "grad_g": grad_g}
+        norms = self.guard.end_step()
+        return {
+            "loss_d": loss_d.item(),
+            "adv": adv.item(),
+            "rec": rec.item(),
+            "grad_d": norms["D"],
+            "grad_g": norms["G2"],
+        }
 
     @torch.no_grad()
     def refine(self, sketches: torch.Tensor, styles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,12 @@
 """Training that cannot fail silently: every optimiser update of every stage goes through here.
 
-``FiniteGuard.update`` does backward, the gradient norm (clipped when asked), a finiteness check
-of the loss terms and of that norm, and only then the optimiser step. A non-finite value stops
-the run with one line naming the stage, the step and the term, *before* the update, so the
-weights in memory and the last checkpoint stay good. ``check_weights`` runs before anything is
-written (checkpoint, TOM snapshot, model folder) as a second line of defence.
+``FiniteGuard.update`` does backward, the gradient norm (clipped when asked) and the optimiser
+step; ``end_step`` then checks every loss term and gradient norm of the step in one transfer from
+the device (no extra GPU synchronisation between the updates) and stops the run with one line
+naming the stage, the step and the term. The loop calls it before it logs or saves anything, so
+nothing from that step is written and the last checkpoint stays the last good one.
+``check_weights`` runs before anything is written (checkpoint, TOM snapshot, model folder) as a
+second line of defence.
 
 With fp16 mixed precision the grad scaler owns overflow: a step whose gradients overflow is
 skipped and the scale lowered. That is normal and not an error, unless it happens
@@ -13,7 +15,6 @@ skipped and the scale lowered. That is normal and not an error, unless it happen
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,6 +28,15 @@ MAX_CONSECUTIVE_SKIPS = 25
 
 class NonFiniteError(S2IError):
     """A loss, gradient or weight became NaN or infinite; training stopped before saving it."""
+
+
+def _total_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The global L2 norm of a list of gradients, without the rescaling pass clipping would make."""
+    if not grads:
+        return torch.zeros((), device=device)
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def _describe(t: torch.Tensor) -> str:
@@ -47,6 +57,7 @@ class FiniteGuard:
         self.step = 0
         self.skipped = 0  # fp16 steps the scaler skipped, in total
         self._in_a_row = 0
+        self._pending: list[tuple] = []  # (what, grad norm, loss terms, optimisers) of this step's updates
 
     # --- messages -----------------------------------------------------------------------
     def _where(self) -> str:
@@ -54,7 +65,7 @@ class FiniteGuard:
         last = pointer.read_text().strip() if pointer is not None and pointer.is_file() else None
         kept = f"the last good checkpoint, {last}, is kept" if last else "no checkpoint had been written yet"
         return (
-            f"; training stopped before this update and nothing was saved from it ({kept}). "
+            f"; training stopped at this step and nothing was saved from it ({kept}). "
             "Try a lower learning rate, mixed_precision=no, or max_grad_norm=1"
         )
 
@@ -77,10 +88,11 @@ class FiniteGuard:
         terms: dict[str, torch.Tensor],
         what: str,
         max_grad_norm: float = 0.0,
-    ) -> float:
-        """zero_grad, backward, grad norm (+ clipping), finiteness checks, optimiser step(s); returns the norm.
+    ) -> None:
+        """zero_grad, backward, gradient norm (+ clipping), optimiser step(s); the checks wait for ``end_step``.
 
         ``terms`` are the named loss terms (for the message); ``what`` names the updated network.
+        Nothing here waits for the GPU: the finiteness flags stay on the device until ``end_step``.
         """
         opts = opt if isinstance(opt, list) else [opt]
         for o in opts:
@@ -88,21 +100,43 @@ class FiniteGuard:
         self.acc.backward(loss)
         if self.scaled:
             self.acc.unscale_gradients(opts)
-        params = [p for p in params if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
-        bad_term = first_non_finite((k, v.detach()) for k, v in terms.items())
-        bad = self._agree(bad_term is not None or not bool(torch.isfinite(norm)))
-        if bad and not self.scaled:
-            if bad_term is not None:
-                raise self.error(f"loss term '{bad_term[0]}'", _describe(bad_term[1]))
-            if bool(torch.isfinite(norm)):
-                raise self.error("loss on another process", "see its log")
-            raise self.error(f"gradient norm of {what}", _describe(norm))
+        grads = [p for p in params if p.grad is not None]
+        if max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(grads, max_grad_norm)
+        else:
+            norm = _total_norm([p.grad for p in grads], self.acc.device)
         for o in opts:
             o.step()  # under fp16 the scaler skips it when the gradients overflowed
+        self._pending.append((what, norm.detach(), {k: v.detach() for k, v in terms.items()}, opts))
+
+    def end_step(self) -> dict[str, float]:
+        """Check this step's loss terms and gradient norms (one transfer from the device); the norms.
+
+        A non-finite value raises here, before the loop can save anything from this step's weights.
+        Under fp16 a step the grad scaler skipped is counted instead (an error after ``max_skips`` in a row).
+        """
+        pending, self._pending = self._pending, []
+        names: list[tuple[str, str, torch.Tensor]] = []
+        for what, norm, terms, _ in pending:
+            names += [(f"loss term '{k}'", what, v) for k, v in terms.items()]
+            names.append((f"gradient norm of {what}", what, norm))
+        if not names:
+            return {}
+        flags = torch.stack([torch.isfinite(v.float()).all() for _, _, v in names]).float()
+        norms = torch.stack([norm.float() for _, norm, _, _ in pending])
+        values = torch.cat([flags, norms]).tolist()
+        ok = values[: len(names)]
+        result = {what: v for (what, *_), v in zip(pending, values[len(names) :], strict=True)}
+        bad = self._agree(not all(ok))
         if self.scaled:
-            self._count_skip(bad or any(getattr(o, "step_was_skipped", False) for o in opts))
-        return float(norm)
+            self._count_skip(bad or any(getattr(o, "step_was_skipped", False) for *_, opts in pending for o in opts))
+            return result
+        if bad:
+            first = next((n for n, good in zip(names, ok, strict=True) if not good), None)
+            if first is None:
+                raise self.error("loss on another process", "see that process's log")
+            raise self.error(first[0], _describe(first[2]))
+        return result
 
     def _count_skip(self, skipped: bool) -> None:
         if not skipped:

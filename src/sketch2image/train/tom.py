@@ -176,7 +176,7 @@ class TOMTrainer(ckpt.Checkpointed):
 
         # D: real sketches' Grams vs the generated ones (detached).
         detached = {k: v.detach() for k, v in fake_grams.items()}
-        loss_d, grad_d, d = discriminator_step(
+        loss_d, d = discriminator_step(
             acc,
             self.d,
             self.opt_d,
@@ -193,15 +193,16 @@ class TOMTrainer(ckpt.Checkpointed):
             loss_gram = sum(F.mse_loss(fake_grams[g], real_grams[g]) for g in cfg.gram_layers) / len(cfg.gram_layers)
             loss_g = cfg.w_adv * loss_adv + cfg.w_feat * loss_feat + (cfg.w_gram * loss_gram if cfg.w_gram else 0.0)
         terms = {"loss_adv": loss_adv, "loss_feat": loss_feat, "loss_gram": loss_gram, "d_fake": fake_logits}
-        grad_g = self.guard.update(self.opt_g, loss_g, self.g.parameters(), terms, "G", cfg.max_grad_norm)
+        self.guard.update(self.opt_g, loss_g, self.g.parameters(), terms, "G", cfg.max_grad_norm)
+        norms = self.guard.end_step()
         return {
             "loss_d": loss_d.item(),
             "loss_adv": loss_adv.item(),
             "loss_feat": loss_feat.item(),
             "loss_gram": float(loss_gram.detach()),
             "d_fake": fake_logits.mean().item(),
-            "grad_d": grad_d,
-            "grad_g": grad_g,
+            "grad_d": norms["D"],
+            "grad_g": norms["G"],
         }
 
     @torch.no_grad()
