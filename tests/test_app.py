@@ -46,17 +46,22 @@ def _drawing(size=300) -> dict:
 
 
 def test_generate_from_a_drawing_any_size(app, image_dir):
-    ae, refined, msg = app.generate(_drawing(300), None, None, 0)
-    assert msg == "" and ae.size == refined.size == (app.model.size, app.model.size)
+    ae, refined, seen, msg = app.generate(_drawing(300), None, None, 0)
+    assert msg == "" and ae.size == refined.size == seen.size == (app.model.size, app.model.size)
     assert np.asarray(refined).std() > 0 and not np.array_equal(np.asarray(ae), np.asarray(refined))
+    grey = np.asarray(seen.convert("L"))
+    assert grey[0, 0] == 255 and grey.min() < 64  # the preview: dark normalised lines on white
     style = str(next(image_dir.glob("*.png")))
-    ae2, _, msg2 = app.generate(_drawing(97), None, style, None)  # an uploaded style wins over the gallery
+    ae2, _, _, msg2 = app.generate(_drawing(97), None, style, None)  # an uploaded style wins over the gallery
     assert msg2 == "" and ae2.size == ae.size
+    *_, as_drawn, msg3 = app.generate(_drawing(300), None, None, 0, "none")
+    assert msg3 == "" and not np.array_equal(np.asarray(as_drawn), np.asarray(seen))
 
 
 def test_callbacks_report_problems_as_messages(app, tmp_path):
     blank = {"background": None, "layers": [], "composite": np.zeros((50, 50, 4), np.uint8)}
     assert app.generate(blank, None, None, 0) == (
+        None,
         None,
         None,
         "**⚠ the canvas is blank: draw a sketch (or upload one) first**",

@@ -49,9 +49,12 @@ def test_generate_mix_transfer(model_dir, tmp_path, image_dir):
     sk = sketch_png(tmp_path / "s.png", size=(50, 30))
     styles = sorted(image_dir.glob("*.png"))[:2]
     one = model.generate(sk, styles[0])
-    assert one.shape == (1, 3, 32, 32) and 0 <= one.min() and one.max() <= 1
-    assert model.generate([sk, sk], styles).shape == (2, 3, 32, 32)
-    assert model.generate(sk, styles).shape == (2, 3, 32, 32)  # one sketch broadcast over styles
+    assert one.shape == (1, 3, 19, 32) and 0 <= one.min() and one.max() <= 1  # 50x30 sketch: cropped to 5:3
+    square = model.generate(sk, styles[0], fit="square")
+    assert square.shape == (1, 3, 32, 32) and torch.equal(square[:, :, 6:25], one)  # the crop is the content box
+    assert model.generate(sk, styles[0], fit="original").shape == (1, 3, 30, 50)  # the sketch's own size
+    assert model.generate([sk, sk], styles).shape == (2, 3, 19, 32)
+    assert model.generate(sk, styles).shape == (2, 3, 19, 32)  # one sketch broadcast over styles
     ae_only = model.generate(sk, styles[0], refine=False)
     assert not torch.allclose(ae_only, one)
     # vector mixing with all weight on one style equals that style

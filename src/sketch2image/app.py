@@ -134,16 +134,18 @@ class App:
             raise InputError("the canvas is blank: draw a sketch (or upload one) first")
         return img
 
-    def generate(self, drawn, sketch_upload, style_upload, selected):
+    def generate(self, drawn, sketch_upload, style_upload, selected, stroke: str = "auto"):
+        """(auto-encoder output, refined output, the sketch as the model sees it, message)."""
         from sketch2image.pipeline import to_pil
 
         def work():
             sketch, style = self._sketch(drawn, sketch_upload), self._style(style_upload, selected)
-            ae = to_pil(self.model.generate(sketch, style, refine=False))[0]
-            refined = to_pil(self.model.generate(sketch, style, refine=True))[0] if self.model.refiner else ae
-            return ae, refined
+            seen = to_pil(self.model.prepare_sketch(sketch, "sketch", stroke).expand(3, -1, -1)[None])[0]
+            ae = to_pil(self.model.generate(sketch, style, refine=False, stroke=stroke))[0]
+            refined = to_pil(self.model.generate(sketch, style, stroke=stroke))[0] if self.model.refiner else ae
+            return ae, refined, seen
 
-        return self._run(work, 2)
+        return self._run(work, 3)
 
     def mix(self, drawn, sketch_upload, mode, *styles_and_weights):
         from sketch2image.pipeline import to_pil
@@ -211,13 +213,18 @@ def build(app: App):
                 with gr.Column():
                     gal = gallery("style: click one (the first is chosen by default)")
                     st_up = gr.File(label="…or upload a style image", type="filepath", elem_id="s2i-style-upload")
-            go = gr.Button("Generate", variant="primary", elem_id="s2i-generate")
+            with gr.Row():
+                stroke = gr.Radio(["auto", "none"], value="auto", label="lines: auto = redrawn at the model's line "
+                                  "weight (any pencil, pen or chalk drawing); none = used as drawn",
+                                  elem_id="s2i-stroke")  # fmt: skip
+                go = gr.Button("Generate", variant="primary", elem_id="s2i-generate")
             msg = gr.Markdown(elem_id="s2i-message")
             with gr.Row():
+                seen = result("the sketch as the model sees it", "s2i-out-seen")
                 out_ae = result("auto-encoder output", "s2i-out-ae")
                 out_ref = result(refined_label, "s2i-out-refined")
             gal.select(on_select, None, selected)
-            go.click(app.generate, [pad, sk_up, st_up, selected], [out_ae, out_ref, msg])
+            go.click(app.generate, [pad, sk_up, st_up, selected, stroke], [out_ae, out_ref, seen, msg])
 
         with gr.Tab("Mix"):
             gr.Markdown("One sketch in a mixture of 2–4 styles: **stitch** them into one reference (2 or 4, as in "

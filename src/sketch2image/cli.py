@@ -124,9 +124,21 @@ def _out_is_file(out: str) -> bool:
     return Path(out).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def _cmd_generate(args: argparse.Namespace) -> None:
+def _summary(written: int, out: str, skipped: list[str], total: int) -> int:
+    """The last line of a batch job, and its exit code: 1 when inputs were skipped (so scripts notice)."""
+    if skipped:
+        print(f"wrote {written} image(s) to {out}; skipped {len(skipped)} of {total} input file(s) "
+              f"({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}: see the warnings above)")  # fmt: skip
+        return 1
+    print(f"wrote {written} image(s) to {out}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
     from sketch2image.errors import InputError
-    from sketch2image.pipeline import Sketch2Image
+    from sketch2image.pipeline import Sketch2Image, fit_output
 
     model = Sketch2Image.from_pretrained(args.model, args.device)
     sketches, sketch_ids = _inputs(args.sketch)
@@ -135,44 +147,83 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         common = sorted(set(sketch_ids) & set(style_ids))
         if not common:
             raise InputError(f"{args.sketch} and {args.style}: no names in common to pair")
-        pairs = [(sketches[sketch_ids.index(i)], styles[style_ids.index(i)], i) for i in common]
+        pairs = [(sketch_ids.index(i), style_ids.index(i), i) for i in common]
     else:
         pairs = [
-            (sk, st, f"{a}__{b}" if len(sketches) > 1 and len(styles) > 1 else (a if len(styles) == 1 else b))
-            for sk, a in zip(sketches, sketch_ids, strict=True)
-            for st, b in zip(styles, style_ids, strict=True)
+            (a, b, f"{sa}__{sb}" if len(sketches) > 1 and len(styles) > 1 else (sa if len(styles) == 1 else sb))
+            for a, sa in enumerate(sketch_ids)
+            for b, sb in enumerate(style_ids)
         ]
-    single = len(pairs) == 1 and _out_is_file(args.out)
     if len(pairs) > 1 and _out_is_file(args.out):
         raise InputError(f"{args.out}: {len(pairs)} outputs need a folder, not a file name")
-    # Normalise every input before writing anything: a bad file stops the run with no partial output.
-    sk_t = model.prepare_sketches([p[0] for p in pairs])
-    st_t = model.prepare_styles([p[1] for p in pairs])
-    paths = [Path(args.out)] if single else [Path(args.out) / f"{name}.png" for _, _, name in pairs]
-    for i in range(0, len(pairs), args.batch_size):
-        f = model.style_vectors(st_t[i : i + args.batch_size])
-        _save_images(model.decode(sk_t[i : i + args.batch_size], f, not args.no_refine), paths[i : i + args.batch_size])
-    print(f"wrote {len(paths)} image(s) to {args.out}")
+    # Every input is normalised before anything is written: a single bad file stops the run with no
+    # output; in a folder, a bad file is skipped (one line each) and the rest are written.
+    sk_t, shapes = model.prepare_inputs(sketches, "sketch", "raise" if len(sketches) == 1 else "skip", args.stroke)
+    st_t, _ = model.prepare_inputs(styles, "style", "raise" if len(styles) == 1 else "skip")
+    skipped = [str(f) for f, t in [*zip(sketches, sk_t, strict=True), *zip(styles, st_t, strict=True)] if t is None]
+    good = [(a, b, name) for a, b, name in pairs if sk_t[a] is not None and st_t[b] is not None]
+    if not good:
+        raise InputError(f"{args.sketch} / {args.style}: none of the inputs could be used (see the warnings above)")
+    single = len(pairs) == 1 and _out_is_file(args.out)
+    for i in range(0, len(good), args.batch_size):
+        chunk = good[i : i + args.batch_size]
+        f = model.style_vectors(torch.stack([st_t[b] for _, b, _ in chunk]))
+        out = model.decode(torch.stack([sk_t[a] for a, _, _ in chunk]), f, not args.no_refine)
+        images = [fit_output(img, shapes[a], args.fit) for img, (a, _, _) in zip(out, chunk, strict=True)]
+        paths = [Path(args.out) if single else Path(args.out) / f"{name}.png" for _, _, name in chunk]
+        _save_images(images, paths)
+    return _summary(len(good), args.out, skipped, len(sketches) + len(styles))
 
 
-def _cmd_mix(args: argparse.Namespace) -> None:
+def _cmd_mix(args: argparse.Namespace) -> int:
+    from sketch2image.errors import InputError
     from sketch2image.pipeline import Sketch2Image
 
     model = Sketch2Image.from_pretrained(args.model, args.device)
-    out = model.mix(args.sketch, args.styles, args.weights, args.mode, refine=not args.no_refine)
-    _save_images(out, [Path(args.out)])
-    print(f"wrote {args.out}")
+    sketches, ids = _inputs(args.sketch)
+    if len(sketches) > 1 and _out_is_file(args.out):
+        raise InputError(f"{args.out}: {len(sketches)} outputs need a folder, not a file name")
+    styles = model.prepare_styles([Path(s) for s in args.styles])  # every style is needed for the mixture
+    skipped, written = [], 0
+    for path, sid in zip(sketches, ids, strict=True):
+        try:
+            out = model.mix(path, list(styles), args.weights, args.mode, refine=not args.no_refine,
+                            stroke=args.stroke, fit=args.fit)  # fmt: skip
+        except InputError as e:
+            if len(sketches) == 1:
+                raise
+            logging.getLogger("sketch2image").warning("skipped %s", e)
+            skipped.append(str(path))
+            continue
+        _save_images(out, [Path(args.out) if _out_is_file(args.out) else Path(args.out) / f"{sid}.png"])
+        written += 1
+    if not written:
+        raise InputError(f"{args.sketch}: none of the sketches could be used (see the warnings above)")
+    return _summary(written, args.out, skipped, len(sketches))
 
 
-def _cmd_transfer(args: argparse.Namespace) -> None:
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from sketch2image.errors import InputError
     from sketch2image.pipeline import Sketch2Image
 
     model = Sketch2Image.from_pretrained(args.model, args.device)
-    out, sketch = model.transfer(args.content, args.style, snapshot=args.snapshot, refine=not args.no_refine)
-    _save_images(out, [Path(args.out)])
-    if args.sketch_out:
-        _save_images(sketch.expand(-1, 3, -1, -1), [Path(args.sketch_out)])
-    print(f"wrote {args.out}")
+    contents, ids = _inputs(args.content)
+    if len(contents) > 1 and (_out_is_file(args.out) or (args.sketch_out and _out_is_file(args.sketch_out))):
+        raise InputError(f"{len(contents)} content images need folders for --out and --sketch-out")
+    errors = "raise" if len(contents) == 1 else "skip"
+    images, sketches = model.transfer(contents, Path(args.style), snapshot=args.snapshot, refine=not args.no_refine,
+                                      errors=errors)  # fmt: skip
+    skipped = [str(c) for c, img in zip(contents, images, strict=True) if img is None]
+    if len(skipped) == len(contents):
+        raise InputError(f"{args.content}: none of the images could be used (see the warnings above)")
+    for img, sk, sid in zip(images, sketches, ids, strict=True):
+        if img is None:
+            continue
+        _save_images([img], [Path(args.out) if _out_is_file(args.out) else Path(args.out) / f"{sid}.png"])
+        if args.sketch_out:
+            sk_path = Path(args.sketch_out) if _out_is_file(args.sketch_out) else Path(args.sketch_out) / f"{sid}.png"
+            _save_images([sk.expand(3, -1, -1)], [sk_path])
+    return _summary(len(contents) - len(skipped), args.out, skipped, len(contents))
 
 
 def _metrics_for_card(path: Path) -> dict:
@@ -344,10 +395,20 @@ def build_parser() -> argparse.ArgumentParser:
     _training_args(gt, "GANConfig", "--set w_rec=10")
     gt.set_defaults(func=_cmd_gan_train)
 
-    def model_args(sp: argparse.ArgumentParser) -> None:
+    def model_args(sp: argparse.ArgumentParser, sketches: bool = True) -> None:
         sp.add_argument("--model", required=True, help="model folder from `s2i export`")
         sp.add_argument("--no-refine", action="store_true", help="return the auto-encoder output, skip the refiner")
         sp.add_argument("--device", default="cpu")
+        if sketches:
+            sp.add_argument(
+                "--stroke",
+                choices=["auto", "none"],
+                default="auto",
+                help="auto: normalise the lines to the model's training line weight; none: as drawn",
+            )
+            sp.add_argument("--fit", choices=["crop", "square", "original"], default="crop",
+                            help="crop the output to the sketch's aspect ratio (default), keep the model's square, "
+                            "or also resize to the sketch's own size (LANCZOS)")  # fmt: skip
 
     ge = jobs.add_parser("generate", help="paint sketch(es) in the style of image(s)")
     model_args(ge)
@@ -362,9 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--batch-size", type=int, default=8)
     ge.set_defaults(func=_cmd_generate)
 
-    mx = jobs.add_parser("mix", help="one sketch in a mixture of 2-4 styles")
+    mx = jobs.add_parser("mix", help="a sketch (or a folder of them) in a mixture of 2-4 styles")
     model_args(mx)
-    mx.add_argument("--sketch", required=True)
+    mx.add_argument("--sketch", required=True, help="a sketch file or a folder of sketches")
     mx.add_argument("--styles", required=True, nargs="+")
     mx.add_argument("--weights", type=float, nargs="+", help="vector mode: one weight per style")
     mx.add_argument("--mode", choices=["stitch", "vector"], default="stitch")
@@ -372,8 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     mx.set_defaults(func=_cmd_mix)
 
     tf = jobs.add_parser("transfer", help="style transfer: content image -> TOM sketch -> painted in a style")
-    model_args(tf)
-    tf.add_argument("--content", required=True)
+    model_args(tf, sketches=False)
+    tf.add_argument("--content", required=True, help="an image file or a folder of them")
     tf.add_argument("--style", required=True)
     tf.add_argument("--out", required=True)
     tf.add_argument("--snapshot", type=int, default=0, help="which TOM snapshot draws the sketch")
@@ -430,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     logging.getLogger("sketch2image").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        args.func(args)
+        rc = args.func(args) or 0
     except S2IError as e:
         print(f"s2i: error: {e}", file=sys.stderr)
         return 2
@@ -442,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         _close_process_group()
-    return 0
+    return rc
 
 
 def _close_process_group() -> None:

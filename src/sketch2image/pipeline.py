@@ -12,6 +12,7 @@ stretched) to a square, resized to the model's size.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from PIL import Image
 
 from sketch2image import __version__
 from sketch2image.data.images import as_rgb, open_rgb, resize_square, to_tensor
+from sketch2image.data.strokes import MODES, content_box, default_stroke_width, normalise_strokes
 from sketch2image.errors import CheckpointError, InputError
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import Refiner
@@ -32,6 +34,9 @@ from sketch2image.train.checkpoint import atomic_write_json
 from sketch2image.train.gan import load_refiner
 
 MODEL_FORMAT = "sketch2image.model/1"
+ERRORS = ("raise", "skip")
+FITS = ("crop", "square", "original")
+log = logging.getLogger("sketch2image")
 ImageLike = str | os.PathLike | Image.Image | torch.Tensor
 
 
@@ -43,27 +48,29 @@ def _as_pil(item: ImageLike) -> Image.Image:
     raise TypeError(f"expected a path or PIL image, got {type(item).__name__}")
 
 
-def normalize_sketch(item: ImageLike, size: int, name: str = "sketch") -> torch.Tensor:
-    """Any sketch → (1, size, size) grey in [0, 1], dark lines on white, padded to a square."""
+def sketch_grey(item: ImageLike) -> np.ndarray:
+    """Any sketch input → (H, W) grey in [0, 1] at its own size (alpha composited on white)."""
     if isinstance(item, torch.Tensor):
-        t = item.float()
+        t = item.detach().float().cpu()
         t = t.mean(0, keepdim=True) if t.dim() == 3 and t.shape[0] in (3, 4) else t.reshape(1, *t.shape[-2:])
-        arr = (t[0].clamp(0, 1).numpy() * 255).astype(np.uint8)
-        img = Image.fromarray(arr, "L")
-    else:
-        img = _as_pil(item).convert("L")
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    if np.median(arr) < 0.5:  # mostly dark: white lines on black
-        arr = 1.0 - arr
-    if (arr < 0.5).sum() == 0 or arr.std() < 1e-3:
-        raise InputError(f"{name}: the sketch is blank (no dark lines found)")
-    h, w = arr.shape
-    side = max(h, w)
-    canvas = np.ones((side, side), dtype=np.float32)
-    top, left = (side - h) // 2, (side - w) // 2
-    canvas[top : top + h, left : left + w] = arr
-    img = Image.fromarray((canvas * 255).round().astype(np.uint8), "L").resize((size, size), Image.Resampling.LANCZOS)
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).unsqueeze(0)
+        return t[0].clamp(0, 1).numpy()
+    return np.asarray(_as_pil(item).convert("L"), dtype=np.float32) / 255.0
+
+
+def normalize_sketch(
+    item: ImageLike,
+    size: int,
+    name: str = "sketch",
+    stroke: str = "auto",
+    stroke_width: float | None = None,
+) -> torch.Tensor:
+    """Any sketch → (1, size, size) grey in [0, 1], dark lines on white, padded (never stretched) to a square.
+
+    ``stroke="auto"`` normalises the strokes to the model's training line weight (``data/strokes.py``);
+    ``"none"`` keeps the drawing's grey levels. A sketch with no strokes raises ``InputError`` (blank).
+    """
+    width = stroke_width if stroke_width is not None else default_stroke_width(size)
+    return normalise_strokes(sketch_grey(item), size, width, stroke, name)[0]
 
 
 def normalize_style(item: ImageLike, size: int) -> torch.Tensor:
@@ -112,12 +119,16 @@ class Sketch2Image:
         refiner: Refiner | None = None,
         tom: TOMSketcher | None = None,
         device: str | torch.device = "cpu",
+        stroke_width: float | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.ae = ae.to(self.device).eval().requires_grad_(False)
         self.refiner = refiner.to(self.device).eval().requires_grad_(False) if refiner is not None else None
         self.tom = tom.to(self.device) if tom is not None else None
         self.size = ae.cfg.size
+        # The line weight of the sketches the auto-encoder learnt from (model pixels); input strokes are
+        # normalised to it. Recorded by `s2i export`; older model folders get the default for their size.
+        self.stroke_width = stroke_width if stroke_width else default_stroke_width(self.size)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Sketch2Image:
@@ -140,7 +151,7 @@ class Sketch2Image:
         ae = load_ae(directory / "ae", device)
         refiner = load_refiner(directory / "refiner", device) if (directory / "refiner").is_dir() else None
         tom = TOMSketcher.from_pretrained(directory / "tom", device=device) if (directory / "tom").is_dir() else None
-        return cls(ae, refiner, tom, device)
+        return cls(ae, refiner, tom, device, stroke_width=info.get("stroke_width"))
 
     # --- core -----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -155,31 +166,95 @@ class Sketch2Image:
     def style_vectors(self, styles: torch.Tensor) -> torch.Tensor:
         return self.ae.style_encoder(styles.to(self.device))
 
-    def prepare_sketches(self, items: list[ImageLike]) -> torch.Tensor:
-        return torch.stack([normalize_sketch(x, self.size, _name(x, i)) for i, x in enumerate(items)])
+    def prepare_sketches(self, items: list[ImageLike], stroke: str = "auto") -> torch.Tensor:
+        """Sketches → (B, 1, size, size) at the model's size and line weight (``stroke``: auto | none)."""
+        return torch.stack([self.prepare_sketch(x, _name(x, i), stroke) for i, x in enumerate(items)])
+
+    def prepare_sketch(self, item: ImageLike, name: str = "sketch", stroke: str = "auto") -> torch.Tensor:
+        return normalize_sketch(item, self.size, name, stroke, self.stroke_width)
 
     def prepare_styles(self, items: list[ImageLike]) -> torch.Tensor:
         if not items:
             raise InputError("no style images given")
         return torch.stack([normalize_style(x, self.size) for x in items])
 
+    def prepare_inputs(
+        self, items: list[ImageLike], kind: str, errors: str = "raise", stroke: str = "auto"
+    ) -> tuple[list[torch.Tensor | None], list[tuple[int, int] | None]]:
+        """Each input (``kind``: sketch | style) normalised, None where ``errors="skip"`` skipped it (one
+        warning line each); and for sketches their own (H, W), for cropping the outputs back."""
+        if errors not in ERRORS:
+            raise ValueError(f"errors={errors!r} must be one of {ERRORS}")
+        if stroke not in MODES:
+            raise InputError(f"stroke={stroke!r} must be one of {MODES}")
+        out: list[torch.Tensor | None] = []
+        shapes: list[tuple[int, int] | None] = []
+        for i, x in enumerate(items):
+            try:
+                if kind == "sketch":
+                    grey = sketch_grey(x)
+                    out.append(normalise_strokes(grey, self.size, self.stroke_width, stroke, _name(x, i))[0])
+                    shapes.append(grey.shape)
+                else:
+                    out.append(normalize_style(x, self.size))
+                    shapes.append(None)
+            except InputError as e:
+                if errors == "raise":
+                    raise
+                log.warning("skipped %s", e)
+                out.append(None)
+                shapes.append(None)
+        return out, shapes
+
+    def _finish(self, images: list[torch.Tensor | None], shapes: list, fit: str, errors: str):
+        """Crop each square output to its sketch's aspect (``fit``), then a tensor, or a list when the shapes
+        differ or inputs were skipped (``errors="skip"``: None in their place)."""
+        if fit not in FITS:
+            raise InputError(f"fit={fit!r} must be one of {FITS}")
+        done = [None if img is None else fit_output(img, shape, fit) for img, shape in zip(images, shapes, strict=True)]
+        if errors == "skip":
+            return done
+        if len({tuple(d.shape) for d in done}) == 1:
+            return torch.stack(done)
+        return done
+
     # --- public API ------------------------------------------------------------------------------
     def generate(
-        self, sketch: ImageLike | Sequence[ImageLike], style: ImageLike | Sequence[ImageLike], *, refine: bool = True
-    ) -> torch.Tensor:
+        self,
+        sketch: ImageLike | Sequence[ImageLike],
+        style: ImageLike | Sequence[ImageLike],
+        *,
+        refine: bool = True,
+        stroke: str = "auto",
+        fit: str = "crop",
+        errors: str = "raise",
+    ) -> torch.Tensor | list[torch.Tensor | None]:
         """Sketch(es) painted in the style image(s): pairs element-wise, a single one is broadcast.
 
-        Returns (B, 3, size, size) in [0, 1]; ``refine=False`` gives the auto-encoder output.
+        Returns (B, 3, h, w) in [0, 1]. ``fit``: ``crop`` (default) cuts the output to the sketch's aspect
+        ratio at the model's resolution, ``square`` keeps the model's padded square, ``original`` also
+        resizes to the sketch's own pixel size (LANCZOS). Outputs of different shapes come as a list.
+        ``stroke``: ``auto`` normalises the sketch's lines to the model's training line weight, ``none``
+        uses them as drawn. ``errors="skip"``: an unusable sketch or style is logged and skipped, and
+        the result is a list with None in the place of each output that could not be made.
+        ``refine=False`` gives the auto-encoder output.
         """
-        sketches, styles = self.prepare_sketches(_listify(sketch)), self.prepare_styles(_listify(style))
-        if len(sketches) != len(styles):
-            if len(styles) == 1:
-                styles = styles.expand(len(sketches), -1, -1, -1)
-            elif len(sketches) == 1:
-                sketches = sketches.expand(len(styles), -1, -1, -1)
-            else:
-                raise InputError(f"{len(sketches)} sketches and {len(styles)} styles: give equal numbers or one")
-        return self.decode(sketches, self.style_vectors(styles), refine)
+        sketches, styles = _listify(sketch), _listify(style)
+        if len(sketches) != len(styles) and 1 not in (len(sketches), len(styles)):
+            raise InputError(f"{len(sketches)} sketches and {len(styles)} styles: give equal numbers or one")
+        n = max(len(sketches), len(styles))
+        sk, shapes = self.prepare_inputs(sketches, "sketch", errors, stroke)
+        st, _ = self.prepare_inputs(styles, "style", errors, stroke)
+        pairs = [(sk[i if len(sk) > 1 else 0], st[i if len(st) > 1 else 0]) for i in range(n)]
+        shapes = [shapes[i if len(shapes) > 1 else 0] for i in range(n)]
+        good = [i for i, (a, b) in enumerate(pairs) if a is not None and b is not None]
+        images: list[torch.Tensor | None] = [None] * n
+        if good:
+            s_t = torch.stack([pairs[i][0] for i in good])
+            f = self.style_vectors(torch.stack([pairs[i][1] for i in good]))
+            for i, img in zip(good, self.decode(s_t, f, refine), strict=True):
+                images[i] = img
+        return self._finish(images, shapes, fit, errors)
 
     def mix(
         self,
@@ -189,10 +264,13 @@ class Sketch2Image:
         mode: str = "stitch",
         *,
         refine: bool = True,
+        stroke: str = "auto",
+        fit: str = "crop",
     ) -> torch.Tensor:
         """One sketch in a mixture of styles: ``stitch`` 2 or 4 images into one reference (paper Fig. 7),
-        or ``vector``: a weighted mean of their style vectors."""
-        s = self.prepare_sketches([sketch])
+        or ``vector``: a weighted mean of their style vectors. Every style is required (leaving one out
+        would silently change the mixture). ``stroke`` and ``fit`` as in ``generate``."""
+        (s,), shapes = self.prepare_inputs([sketch], "sketch", "raise", stroke)
         st = self.prepare_styles(list(styles))
         if mode == "stitch":
             f = self.style_vectors(stitch(st)[None])
@@ -203,7 +281,7 @@ class Sketch2Image:
             f = (self.style_vectors(st) * (w / w.sum()).to(self.device)[:, None]).sum(0, keepdim=True)
         else:
             raise InputError(f"mix mode {mode!r} must be 'stitch' or 'vector'")
-        return self.decode(s, f, refine)
+        return self._finish(list(self.decode(s[None], f, refine)), shapes, fit, "raise")
 
     def transfer(
         self,
@@ -212,28 +290,68 @@ class Sketch2Image:
         *,
         snapshot: int = 0,
         refine: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Content image → TOM sketch → painted in the style. Returns (images, the intermediate sketches)."""
+        errors: str = "raise",
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """Content image → TOM sketch → painted in the style. Returns (images, the intermediate sketches).
+
+        The model's own TOM draws at the model's size and line weight, so no stroke normalisation and
+        no crop: outputs are the model's squares. ``errors="skip"``: an unreadable content or style
+        image, or one TOM draws nothing for, is logged and skipped (None in its place in both lists).
+        """
         if self.tom is None:
             raise CheckpointError("this model folder has no tom/ snapshots, which style transfer needs")
-        contents = _listify(content)
-        content_t = self.prepare_styles(contents)
-        with torch.inference_mode():
-            sketches = self.tom(content_t.to(self.device))[:, snapshot : snapshot + 1].cpu()
-        for i, sk in enumerate(sketches):
-            if (sk < 0.5).sum() == 0:
-                raise InputError(f"{_name(contents[i], i)}: TOM drew an empty sketch of this image")
-        styles = self.prepare_styles(_listify(style))
-        if len(styles) == 1:
-            styles = styles.expand(len(sketches), -1, -1, -1)
-        elif len(styles) != len(sketches):
-            raise InputError(f"{len(sketches)} content images and {len(styles)} styles: give equal numbers or one")
-        return self.decode(sketches, self.style_vectors(styles), refine), sketches
+        contents, style_items = _listify(content), _listify(style)
+        if len(style_items) not in (1, len(contents)):
+            raise InputError(f"{len(contents)} content images and {len(style_items)} styles: give equal numbers or one")
+        ct, _ = self.prepare_inputs(contents, "style", errors, "auto")
+        st, _ = self.prepare_inputs(style_items, "style", errors, "auto")
+        n = len(contents)
+        sketches: list[torch.Tensor | None] = [None] * n
+        ok = [i for i in range(n) if ct[i] is not None]
+        if ok:
+            with torch.inference_mode():
+                drawn = self.tom(torch.stack([ct[i] for i in ok]).to(self.device))[:, snapshot : snapshot + 1].cpu()
+            for i, sk in zip(ok, drawn, strict=True):
+                if (sk < 0.5).sum() == 0:
+                    err = InputError(f"{_name(contents[i], i)}: TOM drew an empty sketch of this image")
+                    if errors == "raise":
+                        raise err
+                    log.warning("skipped %s", err)
+                    continue
+                sketches[i] = sk
+        pairs = [(i, st[i if len(st) > 1 else 0]) for i in range(n)]
+        good = [i for i, s in pairs if sketches[i] is not None and s is not None]
+        images: list[torch.Tensor | None] = [None] * n
+        if good:
+            s_t = torch.stack([sketches[i] for i in good])
+            f = self.style_vectors(torch.stack([pairs[i][1] for i in good]))
+            for i, img in zip(good, self.decode(s_t, f, refine), strict=True):
+                images[i] = img
+        if errors == "skip":
+            return images, [s if images[i] is not None else None for i, s in enumerate(sketches)]
+        return torch.stack(images), torch.stack(sketches)
 
 
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(a, "RGB") for a in arr]
+def fit_output(image: torch.Tensor, shape: tuple[int, int] | None, fit: str) -> torch.Tensor:
+    """A (3, size, size) output cut to the (H, W) sketch's aspect ratio (``crop``), also resized to
+    (H, W) with LANCZOS (``original``), or left as the model's square (``square``)."""
+    if fit == "square" or shape is None:
+        return image
+    top, left, hh, ww = content_box(shape, image.shape[-1])
+    out = image[:, top : top + hh, left : left + ww]
+    if fit == "original" and tuple(out.shape[-2:]) != tuple(shape):
+        pil = to_pil(out[None])[0].resize((shape[1], shape[0]), Image.Resampling.LANCZOS)
+        out = to_tensor(pil)
+    return out
+
+
+def to_pil(images: torch.Tensor | Sequence[torch.Tensor]) -> list[Image.Image]:
+    """(B, 3, H, W) or a list of (3, H, W) images in [0, 1] → PIL images."""
+    out = []
+    for img in images:
+        arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        out.append(Image.fromarray(arr, "RGB"))
+    return out
 
 
 def export_model(
@@ -253,6 +371,7 @@ def export_model(
     if out.exists():
         raise InputError(f"{out}: already exists; choose a new folder for the export")
     ae = load_ae(ae_run)  # validates before anything is written
+    width = _training_stroke_width(Path(ae_run), ae.cfg.size)
     refiner = load_refiner(gan_run) if gan_run is not None else None
     tom = TOMSketcher.from_pretrained(tom_run) if tom_run is not None else None
     tmp = out.with_name(f".{out.name}.partial")
@@ -276,6 +395,7 @@ def export_model(
             "training_data": data,
             "parts": {"ae": True, "refiner": refiner is not None, "tom": tom is not None},
             "tom_snapshots": len(tom.names) if tom is not None else 0,
+            "stroke_width": width,
             "metrics": metrics or {},
         }
         atomic_write_json(tmp / "sketch2image.json", info)
@@ -284,6 +404,19 @@ def export_model(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _training_stroke_width(ae_run: Path, size: int) -> float | None:
+    """The line weight of the AE's training sketches, from the manifest its run.json names (None if gone)."""
+    from sketch2image.data.paired import training_stroke_width
+
+    run = ae_run.parent if (ae_run / "model.safetensors").is_file() else ae_run  # a run folder or its model/
+    try:
+        manifest = json.loads((run / "run.json").read_text())["data"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+    width = training_stroke_width(manifest, size)
+    return round(width, 3) if width else None
 
 
 def _model_card(info: dict) -> str:

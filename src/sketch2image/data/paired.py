@@ -102,6 +102,31 @@ class PairedData:
         return cls([i for i, _, _ in items], images, sketches)
 
 
+def training_stroke_width(manifest: str | Path, size: int, n: int = 200) -> float | None:
+    """Median line width (px, at ``size``) of up to ``n`` sketches of a manifest; None if it cannot be read.
+
+    Recorded in exported models, so that input drawings are normalised to the line weight the
+    auto-encoder learnt from (``data/strokes.py``).
+    """
+    from sketch2image.data.strokes import stroke_width
+
+    try:
+        data = json.loads(Path(manifest).read_text())
+        paths = [Path(manifest).parent / it["sketches"][0] for it in data["items"] if it.get("sketches")]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+    pick = paths[:: max(1, len(paths) // n)][:n]
+    widths = []
+    for p in pick:
+        try:
+            w = stroke_width(open_sketch(p, size) < 128)
+        except InputError:
+            continue
+        if w > 0:
+            widths.append(w)
+    return float(np.median(widths)) if widths else None
+
+
 def check_sketch_ink(manifest: Path, sketches: torch.Tensor) -> None:
     """Refuse a manifest whose sketches are mostly blank or solid; warn about a snapshot that is.
 
