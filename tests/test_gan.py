@@ -7,7 +7,7 @@ from accelerate import Accelerator
 from sketch2image.configs import AEConfig, GANConfig
 from sketch2image.errors import CheckpointError
 from sketch2image.nets.autoencoder import SketchAutoEncoder
-from sketch2image.nets.refiner import NoiseInjection, PatchDiscriminator, Refiner, ema_update
+from sketch2image.nets.refiner import NoiseInjection, PatchDiscriminator, Refiner, ema_decay_at, ema_update
 from sketch2image.train.ae import save_pretrained
 from sketch2image.train.gan import GANTrainer, load_refiner, train_gan
 
@@ -114,8 +114,9 @@ def test_trainer_updates_g_and_d_and_keeps_ae_frozen(ae_run, paired_manifest):
     assert 0 < losses["grad_d"] < float("inf") and 0 < losses["grad_g"] < float("inf")
     assert any(not torch.equal(a, b) for a, b in zip(g0, trainer.g.parameters(), strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(d0, trainer.d.parameters(), strict=True))
+    d = ema_decay_at(1, 0.5)  # the ramp: min(0.5, 2/11) at step 1
     for e0, e, g in zip(ema0, trainer.g_ema.parameters(), trainer.g.parameters(), strict=True):
-        assert torch.allclose(e, 0.5 * e0 + 0.5 * g.detach(), atol=1e-6)
+        assert torch.allclose(e, d * e0 + (1 - d) * g.detach(), atol=1e-6)
     assert all(torch.equal(ae_before[k], v) for k, v in ae.state_dict().items())
 
 

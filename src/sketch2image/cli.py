@@ -168,7 +168,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     for i in range(0, len(good), args.batch_size):
         chunk = good[i : i + args.batch_size]
         f = model.style_vectors(torch.stack([st_t[b] for _, b, _ in chunk]))
-        out = model.decode(torch.stack([sk_t[a] for a, _, _ in chunk]), f, not args.no_refine)
+        seeds = [args.seed + i + j for j in range(len(chunk))]  # per output: the same pictures at any --batch-size
+        out = model.decode(torch.stack([sk_t[a] for a, _, _ in chunk]), f, not args.no_refine, seeds)
         images = [fit_output(img, shapes[a], args.fit) for img, (a, _, _) in zip(out, chunk, strict=True)]
         paths = [Path(args.out) if single else Path(args.out) / f"{name}.png" for _, _, name in chunk]
         _save_images(images, paths)
@@ -188,7 +189,7 @@ def _cmd_mix(args: argparse.Namespace) -> int:
     for path, sid in zip(sketches, ids, strict=True):
         try:
             out = model.mix(path, list(styles), args.weights, args.mode, refine=not args.no_refine,
-                            stroke=args.stroke, fit=args.fit)  # fmt: skip
+                            stroke=args.stroke, fit=args.fit, seed=args.seed)  # fmt: skip
         except InputError as e:
             if len(sketches) == 1:
                 raise
@@ -212,7 +213,7 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
         raise InputError(f"{len(contents)} content images need folders for --out and --sketch-out")
     errors = "raise" if len(contents) == 1 else "skip"
     images, sketches = model.transfer(contents, Path(args.style), snapshot=args.snapshot, refine=not args.no_refine,
-                                      errors=errors)  # fmt: skip
+                                      errors=errors, seed=args.seed)  # fmt: skip
     skipped = [str(c) for c, img in zip(contents, images, strict=True) if img is None]
     if len(skipped) == len(contents):
         raise InputError(f"{args.content}: none of the images could be used (see the warnings above)")
@@ -399,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", required=True, help="model folder from `s2i export`")
         sp.add_argument("--no-refine", action="store_true", help="return the auto-encoder output, skip the refiner")
         sp.add_argument("--device", default="cpu")
+        sp.add_argument("--seed", type=int, default=0, help="the refiner's noise: output i uses seed + i")
         if sketches:
             sp.add_argument(
                 "--stroke",

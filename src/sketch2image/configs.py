@@ -170,7 +170,8 @@ AE_PRESETS: dict[int, dict[str, int]] = {
 class AEConfig:
     """Stage 2: the self-supervised auto-encoder (paper §4.1, appendix A). Defaults: the 64 px preset."""
 
-    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic"}  # configs written before ``arch`` existed
+    # What configs written before a key existed meant by leaving it out.
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic", "content_mi_form": "mse"}
 
     size: int = 64
     arch: str = "lean"  # lean | classic (see nets/autoencoder.py); configs without the key are classic
@@ -192,8 +193,12 @@ class AEConfig:
     style_margin: float = 0.5  # α, on cosine similarities
     content_margin: float = 1.0  # β, on mean-squared distances of standardised content maps
     cls_k: int = 256  # images per momentum-classification subset (500-2000 at full scale)
-    cls_every: int = 100  # new subset + relabel + fresh head every M iterations
-    cls_lr_mult: float = 1.0  # learning-rate multiplier of the freshly initialised head
+    # A round (one subset, its labels, one fresh head) lasts until each of its images has been seen
+    # about cls_views times: ceil(cls_views * k / batch_size) steps. cls_every > 0 fixes it instead.
+    cls_views: int = 24
+    cls_every: int = 0
+    cls_lr_mult: float = 10.0  # learning-rate multiplier of the freshly initialised head
+    content_mi_form: str = "kl"  # kl: KL(p || uniform) in nats; mse: the paper's ||p - 1/k||^2 (tiny at large k)
     # Augmentation of the style input (batched affine warp) and of the sketch input (masking).
     aug_max_rotate: float = 15.0
     aug_min_scale: float = 0.8
@@ -229,8 +234,10 @@ class AEConfig:
             problems.append(f"style_injection {self.style_injection!r} must be mul, add or adain")
         if self.size < 2 * self.content_res or self.size & (self.size - 1) or self.content_res & (self.content_res - 1):
             problems.append(f"size {self.size} and content_res {self.content_res} must be powers of two, size >= 2x")
-        if self.cls_k < 2 or self.cls_every < 1 or self.batch_size < 2:
-            problems.append("cls_k and batch_size must be >= 2, cls_every >= 1")
+        if self.cls_k < 2 or self.cls_every < 0 or self.cls_views < 1 or self.batch_size < 2:
+            problems.append("cls_k and batch_size must be >= 2, cls_views >= 1, cls_every >= 0 (0: from cls_views)")
+        if self.content_mi_form not in ("kl", "mse"):
+            problems.append(f"content_mi_form {self.content_mi_form!r} must be kl or mse")
         if any(
             w < 0
             for w in (
@@ -269,7 +276,8 @@ GAN_PRESETS: dict[int, dict[str, int]] = {
 class GANConfig:
     """Stage 3: the GAN refiner (paper §4.2, appendix A.4). Size and style size come from the frozen AE."""
 
-    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic"}  # configs written before ``arch`` existed
+    # What configs written before a key existed meant by leaving it out.
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic", "ema_ramp": False}
 
     arch: str = "lean"  # lean | classic (see nets/refiner.py); configs without the key are classic
     width: int = 0  # G2 channels at full resolution (doubling per halving, <= max_width); 0: GAN_PRESETS
@@ -286,6 +294,7 @@ class GANConfig:
     beta2: float = 0.99
     max_grad_norm: float = 0.0  # clip each network's gradient norm to this (0: no clipping; the norm is logged)
     ema_decay: float = 0.999
+    ema_ramp: bool = True  # decay min(ema_decay, (1+t)/(10+t)) at step t: the EMA follows G2 from the start
     batch_size: int = 8
     steps: int = 1000
     seed: int = 0

@@ -155,11 +155,16 @@ class Sketch2Image:
 
     # --- core -----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def decode(self, sketches: torch.Tensor, f_style: torch.Tensor, refine: bool) -> torch.Tensor:
+    def decode(
+        self, sketches: torch.Tensor, f_style: torch.Tensor, refine: bool, seeds: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Content encoder + decoder (+ refiner). ``seeds``: one per output for the refiner's per-pixel noise,
+        so each picture is reproducible whatever batch it is made in (None: the global random state)."""
         sketches, f_style = sketches.to(self.device), f_style.to(self.device)
         out = self.ae.decoder(self.ae.content_encoder(sketches), f_style, sketches)
         if refine and self.refiner is not None:
-            out = self.refiner(out, f_style)
+            gens = None if seeds is None else [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
+            out = self.refiner(out, f_style, generator=gens)
         return out.clamp(0, 1).cpu()
 
     @torch.inference_mode()
@@ -228,6 +233,7 @@ class Sketch2Image:
         stroke: str = "auto",
         fit: str = "crop",
         errors: str = "raise",
+        seed: int | None = 0,
     ) -> torch.Tensor | list[torch.Tensor | None]:
         """Sketch(es) painted in the style image(s): pairs element-wise, a single one is broadcast.
 
@@ -237,7 +243,8 @@ class Sketch2Image:
         ``stroke``: ``auto`` normalises the sketch's lines to the model's training line weight, ``none``
         uses them as drawn. ``errors="skip"``: an unusable sketch or style is logged and skipped, and
         the result is a list with None in the place of each output that could not be made.
-        ``refine=False`` gives the auto-encoder output.
+        ``refine=False`` gives the auto-encoder output. ``seed``: output i's refiner noise is drawn from
+        ``seed + i`` (the same call gives the same pictures; None: the global random state).
         """
         sketches, styles = _listify(sketch), _listify(style)
         if len(sketches) != len(styles) and 1 not in (len(sketches), len(styles)):
@@ -252,7 +259,7 @@ class Sketch2Image:
         if good:
             s_t = torch.stack([pairs[i][0] for i in good])
             f = self.style_vectors(torch.stack([pairs[i][1] for i in good]))
-            for i, img in zip(good, self.decode(s_t, f, refine), strict=True):
+            for i, img in zip(good, self.decode(s_t, f, refine, _seeds(seed, good)), strict=True):
                 images[i] = img
         return self._finish(images, shapes, fit, errors)
 
@@ -266,10 +273,11 @@ class Sketch2Image:
         refine: bool = True,
         stroke: str = "auto",
         fit: str = "crop",
+        seed: int | None = 0,
     ) -> torch.Tensor:
         """One sketch in a mixture of styles: ``stitch`` 2 or 4 images into one reference (paper Fig. 7),
         or ``vector``: a weighted mean of their style vectors. Every style is required (leaving one out
-        would silently change the mixture). ``stroke`` and ``fit`` as in ``generate``."""
+        would silently change the mixture). ``stroke``, ``fit`` and ``seed`` as in ``generate``."""
         (s,), shapes = self.prepare_inputs([sketch], "sketch", "raise", stroke)
         st = self.prepare_styles(list(styles))
         if mode == "stitch":
@@ -281,7 +289,7 @@ class Sketch2Image:
             f = (self.style_vectors(st) * (w / w.sum()).to(self.device)[:, None]).sum(0, keepdim=True)
         else:
             raise InputError(f"mix mode {mode!r} must be 'stitch' or 'vector'")
-        return self._finish(list(self.decode(s[None], f, refine)), shapes, fit, "raise")
+        return self._finish(list(self.decode(s[None], f, refine, _seeds(seed, [0]))), shapes, fit, "raise")
 
     def transfer(
         self,
@@ -291,12 +299,14 @@ class Sketch2Image:
         snapshot: int = 0,
         refine: bool = True,
         errors: str = "raise",
+        seed: int | None = 0,
     ) -> tuple[torch.Tensor, torch.Tensor] | tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
         """Content image → TOM sketch → painted in the style. Returns (images, the intermediate sketches).
 
         The model's own TOM draws at the model's size and line weight, so no stroke normalisation and
         no crop: outputs are the model's squares. ``errors="skip"``: an unreadable content or style
         image, or one TOM draws nothing for, is logged and skipped (None in its place in both lists).
+        ``seed`` as in ``generate``.
         """
         if self.tom is None:
             raise CheckpointError("this model folder has no tom/ snapshots, which style transfer needs")
@@ -325,11 +335,15 @@ class Sketch2Image:
         if good:
             s_t = torch.stack([sketches[i] for i in good])
             f = self.style_vectors(torch.stack([pairs[i][1] for i in good]))
-            for i, img in zip(good, self.decode(s_t, f, refine), strict=True):
+            for i, img in zip(good, self.decode(s_t, f, refine, _seeds(seed, good)), strict=True):
                 images[i] = img
         if errors == "skip":
             return images, [s if images[i] is not None else None for i, s in enumerate(sketches)]
         return torch.stack(images), torch.stack(sketches)
+
+
+def _seeds(seed: int | None, positions: Sequence[int]) -> list[int] | None:
+    return None if seed is None else [seed + i for i in positions]
 
 
 def fit_output(image: torch.Tensor, shape: tuple[int, int] | None, fit: str) -> torch.Tensor:

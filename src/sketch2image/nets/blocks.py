@@ -63,18 +63,20 @@ def lean_up(cin: int, cout: int, *, residual: bool = False) -> nn.Sequential:
 
 
 class DualMaskInjection(nn.Module):
-    """DMI: ``a1·h·m + b1 + a2·h·(1−m) + b2`` with learnt per-channel a, b (identity at init).
+    """DMI: ``a1·h·m + b1 + a2·h·(1−m) + b2`` with learnt per-channel a, b, near the identity at init.
 
     ``m`` is a soft mask in [0, 1], either one channel (the raw sketch, original DMI) or one
     per channel (content features through a sigmoid: Feat-DMI, the paper's revision).
+    ``d out / d m = (a1 − a2)·h``: with a1 = a2 the masks would get no gradient until the two drift
+    apart, so they start at 1 ± ``spread`` (the output stays within ±spread·h of the identity).
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, spread: float = 0.1) -> None:
         super().__init__()
         shape = (1, channels, 1, 1)
-        self.a1 = nn.Parameter(torch.ones(shape))
+        self.a1 = nn.Parameter(torch.full(shape, 1.0 + spread))
         self.b1 = nn.Parameter(torch.zeros(shape))
-        self.a2 = nn.Parameter(torch.ones(shape))
+        self.a2 = nn.Parameter(torch.full(shape, 1.0 - spread))
         self.b2 = nn.Parameter(torch.zeros(shape))
 
     def forward(self, h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -28,8 +28,16 @@ class NoiseInjection(nn.Module):
         super().__init__()
         self.strength = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
-    def forward(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(h.shape[0], 1, *h.shape[2:], device=h.device, dtype=h.dtype, generator=generator)
+    def forward(
+        self, h: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        """``generator``: one for the batch, or one per sample (each output's noise then depends on its
+        own seed only, not on its place in the batch)."""
+        if isinstance(generator, (list, tuple)):
+            noise = torch.cat([torch.randn(1, 1, *h.shape[2:], device=h.device, dtype=h.dtype, generator=g)
+                               for g in generator])  # fmt: skip
+        else:
+            noise = torch.randn(h.shape[0], 1, *h.shape[2:], device=h.device, dtype=h.dtype, generator=generator)
         return h + self.strength * noise
 
 
@@ -77,7 +85,10 @@ class Refiner(nn.Module):
         return h
 
     def forward(
-        self, x_ae: torch.Tensor, style: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        x_ae: torch.Tensor,
+        style: torch.Tensor | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         ckpt = self.cfg.grad_checkpoint
         h = run_block(self.stem, x_ae, checkpoint=ckpt)
@@ -116,6 +127,13 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.body(image * 2 - 1)
+
+
+def ema_decay_at(step: int, decay: float, ramp: bool = True) -> float:
+    """The EMA decay used after update ``step`` (1-based): ``min(decay, (1 + step) / (10 + step))`` with the
+    ramp, so that early on the average follows the generator instead of keeping its initial weights
+    (without it, 0.999^500 = 61 % of a 500-step EMA would still be the initialisation)."""
+    return min(decay, (1 + step) / (10 + step)) if ramp else decay
 
 
 @torch.no_grad()

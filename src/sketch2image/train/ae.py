@@ -4,7 +4,8 @@ One step: augment the style input (affine warp) and two of the image's K sketche
 thickening); reconstruct the untouched image from (augmented style, sketch); add the style
 triplet, content triplet, momentum style classification and content MI terms, each switchable
 by its weight. The classifier head works on a subset of ``cls_k`` images that is redrawn,
-relabelled and re-initialised every ``cls_every`` steps; batches are drawn from that subset.
+relabelled and re-initialised every round (long enough for each image to be seen ``cls_views``
+times); batches are drawn from that subset.
 
 Writes a run folder: ``config.json``, ``model/`` (save_pretrained), ``checkpoints/``,
 ``samples/``, ``log.jsonl``.
@@ -24,7 +25,7 @@ from sketch2image.configs import AEConfig, load_config, to_dict
 from sketch2image.data.augment import mask_regions, random_affine, thicken
 from sketch2image.data.paired import PairedData
 from sketch2image.errors import CheckpointError, S2IError
-from sketch2image.losses import content_triplet, style_triplet, uniform_prediction_loss
+from sketch2image.losses import content_triplet, style_triplet, uniform_kl, uniform_prediction_loss
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.common import (
@@ -96,6 +97,9 @@ class AETrainer(ckpt.Checkpointed):
         self.vgg = vgg
         self.round = -1
         self.subset = torch.arange(self.k)
+        # A round lasts until each of its k images has been seen about cls_views times (or cls_every steps).
+        self.round_steps = cfg.cls_every or math.ceil(cfg.cls_views * self.k / cfg.batch_size)
+        self.round_acc: list[float] = []  # the head's batch accuracy, this round
         # Seeded alike on every rank: each rank draws the same global batch and augmentation and keeps its
         # own rows (train/distributed.py), so the run does not depend on the number of processes.
         self.rows = local_rows(accelerator, cfg.batch_size)
@@ -117,11 +121,12 @@ class AETrainer(ckpt.Checkpointed):
             head.weight.copy_(torch.rand(head.weight.shape, generator=g) * 2 * bound - bound)
             head.bias.copy_(torch.rand(head.bias.shape, generator=g) * 2 * bound - bound)
         self.opt_head.state.clear()
+        self.round_acc = []
 
     def sample(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Dataset indices and class labels for the batch of ``step`` (1-based)."""
         if self.uses_classes:
-            r = (step - 1) // self.cfg.cls_every
+            r = (step - 1) // self.round_steps
             if r != self.round:
                 self.start_round(r)
             pos = torch.randperm(self.k, generator=self.data_gen)[: self.cfg.batch_size]
@@ -179,12 +184,17 @@ class AETrainer(ckpt.Checkpointed):
             f_pos = res["f_pos"]
             negatives = gather(self.acc, f_pos).roll(1, 0)[loc]
             terms["content_triplet"] = content_triplet(content[-1], f_pos, negatives, cfg.content_margin)
-        if cfg.w_style_cls:
-            terms["style_cls"] = F.cross_entropy(self.head(f_style), labels)
+        if self.uses_classes:
+            # The head always learns the round's classes, so the MI term never measures a random head; the
+            # style encoder learns from it only when w_style_cls > 0 (otherwise the head sees detached styles).
+            logits = self.head(f_style if cfg.w_style_cls else f_style.detach())
+            terms["style_cls" if cfg.w_style_cls else "cls_head"] = F.cross_entropy(logits, labels)
+            self.batch_acc = (logits.detach().argmax(1) == labels).float().mean()
         if cfg.w_content_mi:
             head = self.acc.unwrap_model(self.head)
             pooled = content[-1].mean(dim=(2, 3))  # average-pooled to the style vector's size
-            terms["content_mi"] = uniform_prediction_loss(F.linear(pooled, head.weight.detach(), head.bias.detach()))
+            mi = uniform_kl if cfg.content_mi_form == "kl" else uniform_prediction_loss
+            terms["content_mi"] = mi(F.linear(pooled, head.weight.detach(), head.bias.detach()))
         return terms
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -195,6 +205,7 @@ class AETrainer(ckpt.Checkpointed):
             "content_triplet": self.cfg.w_content_triplet,
             "style_cls": self.cfg.w_style_cls,
             "content_mi": self.cfg.w_content_mi,
+            "cls_head": 1.0,  # the head's own loss on detached style vectors (w_style_cls = 0)
         }
         return sum(weights[name] * value for name, value in terms.items())
 
@@ -206,12 +217,16 @@ class AETrainer(ckpt.Checkpointed):
         with self.acc.autocast():
             terms = self.losses(images, sketches, labels.to(self.acc.device))
             loss = self.total(terms)
-        # The head has gradients only from the style-classification term (the MI term uses it detached).
-        opts = [self.opt, self.opt_head] if self.cfg.w_style_cls else [self.opt]
+        # The head learns from the classification term only (the MI term uses it detached).
+        opts = [self.opt, self.opt_head] if self.uses_classes else [self.opt]
         params = [*self.model.parameters(), *self.head.parameters()]
         self.guard.update(opts, loss, params, {**terms, "loss": loss}, "the AE", self.cfg.max_grad_norm)
         grad = self.guard.end_step()["the AE"]
-        return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, "grad": grad}
+        out = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, "grad": grad}
+        if self.uses_classes:  # the head's accuracy over the round's recent batches (chance: 1/k)
+            self.round_acc.append(self.batch_acc.item())
+            out["cls_acc"] = sum(self.round_acc[-20:]) / len(self.round_acc[-20:])
+        return out
 
     @torch.no_grad()
     def generate(self, sketches: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from sketch2image.data.paired import PairedData
 from sketch2image.errors import CheckpointError
 from sketch2image.losses import d_loss, g_adv_loss
 from sketch2image.nets.autoencoder import SketchAutoEncoder
-from sketch2image.nets.refiner import PatchDiscriminator, Refiner, ema_update
+from sketch2image.nets.refiner import PatchDiscriminator, Refiner, ema_decay_at, ema_update
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.ae import from_pretrained as load_ae
 from sketch2image.train.common import (
@@ -116,7 +116,7 @@ class GANTrainer(ckpt.Checkpointed):
             rec = F.mse_loss(fake.float(), images)
             loss_g = adv + cfg.w_rec * rec
         self.guard.update(self.opt_g, loss_g, self.g.parameters(), {"adv": adv, "rec": rec}, "G2", cfg.max_grad_norm)
-        ema_update(self.g_ema, acc.unwrap_model(self.g), cfg.ema_decay)
+        ema_update(self.g_ema, acc.unwrap_model(self.g), ema_decay_at(step, cfg.ema_decay, cfg.ema_ramp))
         norms = self.guard.end_step()
         return {
             "loss_d": loss_d.item(),
