@@ -8,10 +8,14 @@ reconstruction for the perceptual distance and PSNR). The auto-encoder output is
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python benchmarks/ablation.py \
         --manifest runs/demo/sketches/manifest.json --data runs/demo/openmoji64 --steps 300 --eval-every 100
+    # "do the self-supervised losses help?": the four rows and the style-position row, two seeds
+    ... ablation.py --manifest M --data D --name ablation_openmoji64 --variants vanilla,triplets,cls_mi,all,style_hi \
+        --steps 1500 --eval-every 500 --seeds 0 1 --bootstrap 20
 
-Writes results/ablation.json (every variant's curve), results/ablation.md (the final table)
-and results/ablation.png (FID and perceptual distance against steps). Each finished variant
-is stored as it completes (results/ablation_parts/), so an interrupted run continues.
+Writes results/<name>.json (every variant's curve per seed), results/<name>.md (the final table:
+means over seeds, the spread between seeds, and the bootstrap spread of FID/KID over the held-out
+set) and results/<name>.png (FID and perceptual distance against steps). Each finished variant
+and seed is stored as it completes (results/ablation_parts/), so an interrupted run continues.
 """
 
 from __future__ import annotations
@@ -43,19 +47,24 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "content_triplet": ("losses", {**SSL_OFF, "w_content_triplet": 1.0}, "+ content triplet"),
     "style_cls": ("losses", {**SSL_OFF, "w_style_cls": 1.0}, "+ momentum style classification"),
     "content_mi": ("losses", {**SSL_OFF, "w_style_cls": 1.0, "w_content_mi": 1.0}, "+ content MI (needs the head)"),
+    "triplets": ("losses", {**SSL_OFF, "w_style_triplet": 1.0, "w_content_triplet": 1.0}, "+ both triplets"),
+    "cls_mi": ("losses", {**SSL_OFF, "w_style_cls": 1.0, "w_content_mi": 1.0}, "+ classification and content MI"),
     "all": ("all", {}, "all losses, Feat-DMI, multiplicative style (ours)"),
+    "style_hi": ("injection", {"style_min_res": 32}, "all losses, style only on the 32 and 64 px maps (paper-like)"),
     "dmi_none": ("dmi", {"dmi": "none"}, "all losses, no DMI"),
     "dmi_sketch": ("dmi", {"dmi": "sketch"}, "all losses, DMI on the sketch"),
     "inject_adain": ("injection", {"style_injection": "adain"}, "all losses, AdaIN style injection"),
     "inject_add": ("injection", {"style_injection": "add"}, "all losses, additive style injection"),
 }
 METRICS = ["fid", "kid", "sr", "sty_rec", "vgg_perceptual", "psnr"]
+TABLE = [("fid", "FID ↓", 2), ("kid", "KID ↓", 4), ("cls_acc", "cls acc ↑", 3), ("sty_rec", "Sty-Rec ↑", 4),
+         ("vgg_perceptual", "VGG perceptual ↓", 4), ("sr", "SR ↑", 4), ("psnr", "PSNR ↑", 2)]  # fmt: skip
 PARTS = Path(__file__).parent / "results" / "ablation_parts"
 
 
-def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, torch.Tensor]) -> dict:
+def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, torch.Tensor], seed: int) -> dict:
     overrides = VARIANTS[name][1]
-    cfg = AEConfig.preset(args.size, batch_size=args.batch_size, steps=args.steps, seed=args.seed, arch=args.arch,
+    cfg = AEConfig.preset(args.size, batch_size=args.batch_size, steps=args.steps, seed=seed, arch=args.arch,
                           cls_k=min(args.cls_k, len(data)), cls_every=args.cls_every, **overrides)  # fmt: skip
     seed_everything(cfg.seed)
     trainer = AETrainer(cfg, len(data), Accelerator(cpu=True))
@@ -66,14 +75,22 @@ def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, tor
         t_train += time.perf_counter() - t
         if step % args.eval_every == 0 or step == cfg.steps:
             ae = copy.deepcopy(trainer.acc.unwrap_model(trainer.model))
-            report = evaluate(Sketch2Image(ae), *held, METRICS, refine=False, seed=args.seed, progress=False)
+            boot = args.bootstrap if step == cfg.steps else 0
+            report = evaluate(Sketch2Image(ae), *held, METRICS, refine=False, seed=args.seed, progress=False,
+                              bootstrap=boot)  # fmt: skip
             row = {"step": step, "train_s": round(t_train, 1), "losses": losses}
             row.update({k: v["value"] for k, v in report["metrics"].items()})
+            row.update({f"{k}_bootstrap_std": v["bootstrap_std"] for k, v in report["metrics"].items()
+                        if "bootstrap_std" in v})  # fmt: skip
+            if trainer.uses_classes:  # the head's accuracy over the current round's last 20 batches
+                row["cls_acc"] = sum(trainer.round_acc[-20:]) / max(1, len(trainer.round_acc[-20:]))
+                row["cls_chance"] = 1 / trainer.k
             curve.append(row)
             print(f"  {name} step {step}: FID {row['fid']:.2f}, perceptual {row['vgg_perceptual']:.4f}, "
                   f"SR {row['sr']:.4f}, PSNR {row['psnr']:.2f}", flush=True)  # fmt: skip
     return {
         "variant": name,
+        "seed": seed,
         "table": VARIANTS[name][0],
         "label": VARIANTS[name][2],
         "config": overrides,
@@ -91,11 +108,14 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in results:
-        steps = [c["step"] for c in r["curve"]]
-        style = "-" if r["table"] in ("losses", "all") else "--"
+    for name, runs in _by_variant(results).items():
+        steps = [c["step"] for c in runs[0]["curve"]]
+        style = "-" if runs[0]["table"] in ("losses", "all") else "--"
         for ax, key in zip(axes, ("fid", "vgg_perceptual"), strict=True):
-            ax.plot(steps, [c[key] for c in r["curve"]], style, marker="o", ms=3, label=r["variant"])
+            vals = torch.tensor([[c[key] for c in r["curve"]] for r in runs])
+            (line,) = ax.plot(steps, vals.mean(0), style, marker="o", ms=3, label=f"{name} ({len(runs)} seeds)")
+            if len(runs) > 1:
+                ax.fill_between(steps, vals.min(0).values, vals.max(0).values, color=line.get_color(), alpha=0.15)
     axes[0].set(title="FID (held-out, mismatched styles)", xlabel="training step", ylabel="FID (lower is better)")
     axes[1].set(title="VGG perceptual distance (paired recon.)", xlabel="training step", ylabel="lower is better")
     axes[1].legend(fontsize=7, ncol=2)
@@ -104,19 +124,34 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def table(results: list[dict], header: str) -> str:
-    lines = [
-        header,
-        "",
-        "| table | variant | FID ↓ | KID ↓ | SR ↑ | Sty-Rec ↑ | VGG perceptual ↓ | PSNR ↑ | s/step |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+def _by_variant(results: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
     for r in results:
-        c = r["curve"][-1]
-        lines.append(
-            f"| {r['table']} | {r['label']} | {c['fid']:.2f} | {c['kid']:.4f} | {c['sr']:.4f} | {c['sty_rec']:.4f} "
-            f"| {c['vgg_perceptual']:.4f} | {c['psnr']:.2f} | {r['s_per_step']:.2f} |"
-        )
+        out.setdefault(r["variant"], []).append(r)
+    return out
+
+
+def table(results: list[dict], header: str) -> str:
+    """Final values: the mean over seeds; ``±`` the half-range between seeds; ``[b …]`` the mean bootstrap
+    spread of FID / KID over the held-out set."""
+    cols = " | ".join(h for _, h, _ in TABLE)
+    lines = [header, "", f"| table | variant | seeds | {cols} | s/step |", "|---" * (len(TABLE) + 4) + "|"]
+    for runs in _by_variant(results).values():
+        cells = []
+        for key, _, digits in TABLE:
+            vals = [r["curve"][-1][key] for r in runs if key in r["curve"][-1]]
+            if not vals:
+                cells.append("–")
+                continue
+            cell = f"{sum(vals) / len(vals):.{digits}f}"
+            if len(vals) > 1:
+                cell += f" ± {(max(vals) - min(vals)) / 2:.{digits}f}"
+            boot = [r["curve"][-1][f"{key}_bootstrap_std"] for r in runs if f"{key}_bootstrap_std" in r["curve"][-1]]
+            if boot:
+                cell += f" [b {sum(boot) / len(boot):.{digits}f}]"
+            cells.append(cell)
+        s_step = sum(r["s_per_step"] for r in runs) / len(runs)
+        lines.append(f"| {runs[0]['table']} | {runs[0]['label']} | {len(runs)} | {' | '.join(cells)} | {s_step:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -130,9 +165,12 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--cls-k", type=int, default=256)
-    ap.add_argument("--cls-every", type=int, default=100)
+    ap.add_argument("--cls-every", type=int, default=0, help="steps per classification round (0: from cls_views)")
     ap.add_argument("--eval-limit", type=int, default=None, help="only the first N held-out pairs")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the evaluation's seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds; the table averages them")
+    ap.add_argument("--bootstrap", type=int, default=0, help="resamples of the held-out set for FID/KID spread")
+    ap.add_argument("--name", default="ablation", help="results/<name>.{json,md,png}")
     ap.add_argument("--arch", choices=["lean", "classic"], default="lean", help="AE layout (recorded: classic)")
     ap.add_argument("--fresh", action="store_true", help="ignore stored variant results")
     args = ap.parse_args()
@@ -142,7 +180,8 @@ def main() -> None:
         sys.exit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     machine = setup()
     settings = {k: getattr(args, k) for k in ("size", "steps", "eval_every", "batch_size", "cls_k", "cls_every",
-                                              "eval_limit", "seed", "arch")}  # fmt: skip
+                                              "eval_limit", "seed", "arch", "bootstrap")}  # fmt: skip
+    settings["manifest"] = str(Path(args.manifest).resolve())
     data = PairedData.from_manifest(args.manifest, args.size)
     images, sketches = held_out_dirs(args.data)
     _, x, s = load_held_out(images, sketches, args.size, args.eval_limit)
@@ -150,29 +189,31 @@ def main() -> None:
     PARTS.mkdir(parents=True, exist_ok=True)
     results = []
     for name in names:
-        part = PARTS / f"{name}.json"
-        if part.is_file() and not args.fresh:
-            stored = json.loads(part.read_text())
-            if {"arch": "classic", **stored.get("settings", {})} == settings:  # parts from before --arch: classic
-                results.append(stored["result"])
-                print(f"{name}: stored result reused")
-                continue
-        print(f"{name}: {VARIANTS[name][2]}", flush=True)
-        res = run_variant(name, args, data, (x, s))
-        part.write_text(json.dumps({"settings": settings, "result": res}, indent=2) + "\n")
-        results.append(res)
+        for seed in args.seeds:
+            part = PARTS / f"{args.name}__{name}__s{seed}.json"
+            if part.is_file() and not args.fresh:
+                stored = json.loads(part.read_text())
+                if stored.get("settings") == settings:
+                    results.append(stored["result"])
+                    print(f"{name} seed {seed}: stored result reused")
+                    continue
+            print(f"{name} seed {seed}: {VARIANTS[name][2]}", flush=True)
+            res = run_variant(name, args, data, (x, s), seed)
+            part.write_text(json.dumps({"settings": settings, "result": res}, indent=2) + "\n")
+            results.append(res)
     out = Path(__file__).parent / "results"
     command = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python " + " ".join(sys.argv)
     payload = {"command": command, "machine": machine, "settings": settings, "n_train": len(data),
                "n_test": len(x), "metrics": METRICS, "results": results}  # fmt: skip
-    (out / "ablation.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     header = (
-        f"# Ablation (auto-encoder output, {args.steps} steps each, batch {args.batch_size}, {args.size} px; "
-        f"{len(data)} training images; held-out {len(x)} images, FID/KID on {len(x)} generated vs {len(x)} real)"
+        f"# {args.name} (auto-encoder output, {args.steps} steps each, batch {args.batch_size}, {args.size} px; "
+        f"{len(data)} training images; held-out {len(x)} images, FID/KID on {len(x)} generated vs {len(x)} real; "
+        f"seeds {args.seeds})"
     )
-    (out / "ablation.md").write_text(table(results, header))
-    plot(results, out / "ablation.png")
-    print((out / "ablation.md").read_text())
+    (out / f"{args.name}.md").write_text(table(results, header))
+    plot(results, out / f"{args.name}.png")
+    print((out / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -237,3 +237,16 @@ def test_cli_eval_errors(model_dir, held_out, tmp_path, capsys, monkeypatch):
     assert main(["eval", "--model", str(model_dir), "--data", str(held_out), "--metrics", "sr"]) == 2
     assert "extra.png" in capsys.readouterr().err
     assert not (tmp_path / "eval.json").exists() and not (tmp_path / "eval.md").exists()
+
+
+def test_bootstrap_spread_of_fid_shrinks_with_more_samples():
+    from sketch2image.metrics.functional import bootstrap_spread, fid_from_features
+
+    g = torch.Generator().manual_seed(0)
+    small = bootstrap_spread(torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g) + 0.5,
+                             fid_from_features, n=10)  # fmt: skip
+    large = bootstrap_spread(torch.randn(400, 8, generator=g), torch.randn(400, 8, generator=g) + 0.5,
+                             fid_from_features, n=10)  # fmt: skip
+    assert small > large > 0
+    same = torch.randn(50, 8, generator=g)
+    assert bootstrap_spread(same, same, lambda a, b: float((a - b).abs().sum()), n=5) == 0.0  # paired rows

@@ -263,10 +263,13 @@ def evaluate(
     cache_dir: Path | None = None,
     inception_path: str | None = None,
     progress: bool = True,
+    bootstrap: int = 0,
 ) -> dict:
     """All requested metrics of ``model`` on held-out (images, sketches) matched by position.
 
     ``images`` (N, 3, S, S) and ``sketches`` (N, 1, S, S), in [0, 1]; returns a report dict.
+    ``bootstrap`` > 0 adds ``bootstrap_std`` to FID and KID: their spread over that many resamples of
+    the held-out set.
     """
     names = parse_metrics(list(metrics))
     if len(images) != len(sketches):
@@ -305,11 +308,20 @@ def evaluate(
                 counts = {"n_generated": len(fake), "n_reference": len(real), "reference_cached": cached}
                 if "fid" in names:
                     results["fid"] = {"value": M.fid_from_features(real, fake), **counts}
+                    if bootstrap:
+                        results["fid"]["bootstrap_std"] = M.bootstrap_spread(real, fake, M.fid_from_features,
+                                                                             bootstrap, seed)  # fmt: skip
                 if "kid" in names:
                     mean, std, size = M.kid_from_features(real, fake, seed=seed)
                     results["kid"] = {"value": mean, "subset_size": size, **counts}
                     if size < min(len(real), len(fake)):  # with one subset of everything a std means nothing
                         results["kid"]["std"] = std
+                    if bootstrap:
+
+                        def kid(r, f):  # noqa: E306 - fewer subsets per resample: the resampling is the spread
+                            return M.kid_from_features(r, f, subsets=10, seed=seed)[0]
+
+                        results["kid"]["bootstrap_std"] = M.bootstrap_spread(real, fake, kid, bootstrap, seed)
     if "skt_rec" in results:  # what TOM's redrawing of the *real* image scores: the floor to compare with
         with torch.inference_mode():
             ref = torch.cat(

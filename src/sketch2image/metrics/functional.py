@@ -70,6 +70,20 @@ def kid_from_features(
     return float(mean), float(std), size
 
 
+def bootstrap_spread(real: torch.Tensor, fake: torch.Tensor, fn, n: int = 20, seed: int = 0) -> float:
+    """Standard deviation of ``fn(real[i], fake[i])`` over ``n`` resamples (with replacement) of the
+    held-out set: how much a distance computed on these few hundred images could move by chance.
+
+    ``real`` and ``fake`` are indexed alike (row i is held-out image i and the output made for it).
+    """
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(n):
+        idx = torch.randint(len(real), (len(real),), generator=g)
+        values.append(fn(real[idx], fake[idx]))
+    return float(torch.tensor(values).std())
+
+
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1, eps=1e-8)
 
