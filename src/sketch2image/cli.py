@@ -161,17 +161,18 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     sk_t, shapes = model.prepare_inputs(sketches, "sketch", "raise" if len(sketches) == 1 else "skip", args.stroke)
     st_t, _ = model.prepare_inputs(styles, "style", "raise" if len(styles) == 1 else "skip")
     skipped = [str(f) for f, t in [*zip(sketches, sk_t, strict=True), *zip(styles, st_t, strict=True)] if t is None]
-    good = [(a, b, name) for a, b, name in pairs if sk_t[a] is not None and st_t[b] is not None]
+    # (output index, sketch, style, name): output i's refiner noise comes from seed + i, skipped or not
+    good = [(i, a, b, name) for i, (a, b, name) in enumerate(pairs) if sk_t[a] is not None and st_t[b] is not None]
     if not good:
         raise InputError(f"{args.sketch} / {args.style}: none of the inputs could be used (see the warnings above)")
     single = len(pairs) == 1 and _out_is_file(args.out)
-    for i in range(0, len(good), args.batch_size):
-        chunk = good[i : i + args.batch_size]
-        f = model.style_vectors(torch.stack([st_t[b] for _, b, _ in chunk]))
-        seeds = [args.seed + i + j for j in range(len(chunk))]  # per output: the same pictures at any --batch-size
-        out = model.decode(torch.stack([sk_t[a] for a, _, _ in chunk]), f, not args.no_refine, seeds)
-        images = [fit_output(img, shapes[a], args.fit) for img, (a, _, _) in zip(out, chunk, strict=True)]
-        paths = [Path(args.out) if single else Path(args.out) / f"{name}.png" for _, _, name in chunk]
+    for start in range(0, len(good), args.batch_size):
+        chunk = good[start : start + args.batch_size]
+        f = model.style_vectors(torch.stack([st_t[b] for _, _, b, _ in chunk]))
+        seeds = [args.seed + i for i, _, _, _ in chunk]  # per output: the same pictures at any --batch-size
+        out = model.decode(torch.stack([sk_t[a] for _, a, _, _ in chunk]), f, not args.no_refine, seeds)
+        images = [fit_output(img, shapes[a], args.fit) for img, (_, a, _, _) in zip(out, chunk, strict=True)]
+        paths = [Path(args.out) if single else Path(args.out) / f"{name}.png" for *_, name in chunk]
         _save_images(images, paths)
     return _summary(len(good), args.out, skipped, len(sketches) + len(styles))
 
