@@ -11,7 +11,8 @@ from accelerate import Accelerator
 
 from sketch2image.configs import AEConfig, GANConfig, from_dict, to_dict
 from sketch2image.data.paired import PairedData
-from sketch2image.losses import uniform_kl, uniform_prediction_loss
+from sketch2image.errors import S2IError
+from sketch2image.losses import refiner_rec, uniform_kl, uniform_prediction_loss
 from sketch2image.nets.blocks import DualMaskInjection
 from sketch2image.nets.refiner import ema_decay_at, ema_update
 from sketch2image.train.ae import AETrainer
@@ -107,6 +108,24 @@ def test_feat_dmi_masks_get_gradient_from_the_first_step():
     m2 = m.detach().clone().requires_grad_(True)
     same(h, m2).square().sum().backward()
     assert m2.grad.abs().max() == 0  # what equal a1 = a2 gave: no gradient to the masks
+
+
+def test_refiner_reconstruction_is_the_squared_colour_distance():
+    real = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    fake = real.clone()
+    fake[0, :, 1, 2] += 0.25  # one pixel off by a quarter in every channel: 3·0.5² in [−1, 1] over 32 pixels
+    assert refiner_rec(fake, real).item() == pytest.approx(3 * 0.5**2 / 32)
+    noisy = torch.rand_like(real)
+    assert refiner_rec(noisy, real).item() == pytest.approx(12 * refiner_rec(noisy, real, "mse").item())
+    with pytest.raises(ValueError):
+        refiner_rec(fake, real, "l1")
+
+
+def test_old_gan_configs_keep_their_reconstruction_scale():
+    old = {k: v for k, v in to_dict(GANConfig()).items() if k != "rec_form"}
+    assert from_dict(GANConfig, old).rec_form == "mse" and GANConfig().rec_form == "rgb"
+    with pytest.raises(S2IError, match="rec_form"):
+        GANConfig(rec_form="l2").validate()
 
 
 # --- the EMA refiner and its seeds -------------------------------------------------------------------

@@ -277,7 +277,7 @@ class GANConfig:
     """Stage 3: the GAN refiner (paper §4.2, appendix A.4). Size and style size come from the frozen AE."""
 
     # What configs written before a key existed meant by leaving it out.
-    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic", "ema_ramp": False}
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic", "ema_ramp": False, "rec_form": "mse"}
 
     arch: str = "lean"  # lean | classic (see nets/refiner.py); configs without the key are classic
     width: int = 0  # G2 channels at full resolution (doubling per halving, <= max_width); 0: GAN_PRESETS
@@ -288,6 +288,11 @@ class GANConfig:
     noise: bool = True  # per-pixel noise injected at every decoder level (learnt per-channel strength)
     use_style: bool = True  # the AE's style vector gates G2's decoder channels
     w_rec: float = 10.0  # λ of paper Eq. 14
+    # ‖G2(I_ae) − I‖² of Eq. 14: ``rgb`` is the squared colour distance per pixel in the [−1, 1] range the
+    # discriminator sees (12x a per-element MSE on [0, 1] images); ``mse`` (runs made before the key
+    # existed) is the per-element MSE on [0, 1], under which λ = 10 lets the adversarial term paint
+    # saturated speckle over the AE output.
+    rec_form: str = "rgb"
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.0
@@ -313,6 +318,8 @@ class GANConfig:
             problems.append("d_layers and d_width must be >= 1, levels and width >= 0 (0: the size's preset)")
         if self.arch not in ("lean", "classic"):
             problems.append(f"arch {self.arch!r} must be lean or classic")
+        if self.rec_form not in ("rgb", "mse"):
+            problems.append(f"rec_form {self.rec_form!r} must be rgb or mse")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay {self.ema_decay} must be in [0, 1)")
         if self.batch_size < 1 or self.w_rec < 0 or self.max_grad_norm < 0:

@@ -59,6 +59,17 @@ def g_adv_loss(fake: torch.Tensor, kind: str = "bce") -> torch.Tensor:
     raise ValueError(f"unknown GAN loss {kind!r}")
 
 
+def refiner_rec(fake: torch.Tensor, real: torch.Tensor, form: str = "rgb") -> torch.Tensor:
+    """The reconstruction term of paper Eq. 14 for images in [0, 1]. ``rgb``: ‖·‖² of each pixel's colour in
+    [−1, 1], averaged over pixels; ``mse``: the per-element mean on [0, 1] (a twelfth of it)."""
+    diff = fake.float() - real.float()
+    if form == "rgb":
+        return (2 * diff).square().sum(dim=1).mean()
+    if form == "mse":
+        return diff.square().mean()
+    raise ValueError(f"unknown reconstruction form {form!r}")
+
+
 # --- self-supervised auto-encoder (paper §4.1) -------------------------------------------------
 
 

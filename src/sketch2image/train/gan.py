@@ -2,8 +2,8 @@
 
 The auto-encoder is frozen. Each step: an image and one of its sketches (paired, never
 mismatched, as in the paper) → AE output and style vector → G2 → hinge loss against the
-patch discriminator + λ·MSE to the real image. An exponential moving average of G2 is kept
-and is what sampling, evaluation and ``model/`` use.
+patch discriminator + λ·‖G2 − I‖² to the real image (``GANConfig.rec_form``). An exponential
+moving average of G2 is kept and is what sampling, evaluation and ``model/`` use.
 
 Writes a run folder: ``config.json``, ``run.json`` (which AE), ``model/`` (EMA refiner),
 ``checkpoints/``, ``samples/``, ``log.jsonl``.
@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from torch.nn import functional as F
 
 from sketch2image.configs import GANConfig, load_config, to_dict
 from sketch2image.data.paired import PairedData
 from sketch2image.errors import CheckpointError
-from sketch2image.losses import d_loss, g_adv_loss
+from sketch2image.losses import d_loss, g_adv_loss, refiner_rec
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import PatchDiscriminator, Refiner, ema_decay_at, ema_update
 from sketch2image.train import checkpoint as ckpt
@@ -113,7 +112,7 @@ class GANTrainer(ckpt.Checkpointed):
         )
         with acc.autocast():
             adv = g_adv_loss(d(fake), "hinge")
-            rec = F.mse_loss(fake.float(), images)
+            rec = refiner_rec(fake, images, cfg.rec_form)
             loss_g = adv + cfg.w_rec * rec
         self.guard.update(self.opt_g, loss_g, self.g.parameters(), {"adv": adv, "rec": rec}, "G2", cfg.max_grad_norm)
         ema_update(self.g_ema, acc.unwrap_model(self.g), ema_decay_at(step, cfg.ema_decay, cfg.ema_ramp))
