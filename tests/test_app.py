@@ -182,7 +182,7 @@ def test_browser_shows_readable_errors(browser_page, tmp_path):
     bad = tmp_path / "not_an_image.png"
     bad.write_text("this is text, not pixels")
     tab.locator("#s2i-style-upload input[type=file]").set_input_files(str(bad))
-    tab.wait_for_selector("#s2i-style-upload :text('not_an_image.png')", timeout=30_000)
+    tab.wait_for_selector("#s2i-style-upload :text('not_an_image.png')", timeout=60_000)
     tab.click("#s2i-generate")
     msg = tab.locator("#s2i-message:has-text('cannot read image')")
     msg.wait_for(timeout=60_000)
