@@ -15,13 +15,17 @@ reconstruction for the perceptual distance and PSNR). The auto-encoder output is
 Writes results/<name>.json (every variant's curve per seed), results/<name>.md (the final table:
 means over seeds, the spread between seeds, and the bootstrap spread of FID/KID over the held-out
 set) and results/<name>.png (FID and perceptual distance against steps). Each finished variant
-and seed is stored as it completes (results/ablation_parts/), so an interrupted run continues.
+and seed is stored as it completes (results/ablation_parts/, committed), keyed by the settings and
+a sha256 of the training and held-out pixels: an interrupted run continues, and a later session
+adds variants or seeds to the same table only if it trains on the same data (regenerated with the
+same ``quality.py`` command, or a different fingerprint and every variant reruns).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import sys
 import time
@@ -60,6 +64,17 @@ METRICS = ["fid", "kid", "sr", "sty_rec", "vgg_perceptual", "psnr"]
 TABLE = [("fid", "FID ↓", 2), ("kid", "KID ↓", 4), ("cls_acc", "cls acc ↑", 3), ("sty_rec", "Sty-Rec ↑", 4),
          ("vgg_perceptual", "VGG perceptual ↓", 4), ("sr", "SR ↑", 4), ("psnr", "PSNR ↑", 2)]  # fmt: skip
 PARTS = Path(__file__).parent / "results" / "ablation_parts"
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """sha256 of the pixels every variant trains and is scored on: stored parts are reused only for the
+    same data, whichever machine, session or path produced it."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.uint8 else t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, torch.Tensor], seed: int) -> dict:
@@ -181,10 +196,10 @@ def main() -> None:
     machine = setup()
     settings = {k: getattr(args, k) for k in ("size", "steps", "eval_every", "batch_size", "cls_k", "cls_every",
                                               "eval_limit", "seed", "arch", "bootstrap")}  # fmt: skip
-    settings["manifest"] = str(Path(args.manifest).resolve())
     data = PairedData.from_manifest(args.manifest, args.size)
     images, sketches = held_out_dirs(args.data)
     _, x, s = load_held_out(images, sketches, args.size, args.eval_limit)
+    settings["data_sha256"] = fingerprint(data.images, data.sketches, x, s)
     print(f"ablation: {len(data)} training images x {data.k} sketches, {len(x)} held-out pairs, {settings}")
     PARTS.mkdir(parents=True, exist_ok=True)
     results = []
