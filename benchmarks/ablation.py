@@ -9,6 +9,8 @@ reconstruction for the perceptual distance and PSNR). The auto-encoder output is
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python benchmarks/ablation.py \
         --manifest runs/demo/sketches/manifest.json --data runs/demo/openmoji64 --steps 300 --eval-every 100
     # "do the self-supervised losses help?": the four rows and the style-position row, two seeds
+    # (an image folder: first `quality.py --dataset DIR --work W ...`, then
+    #  --manifest W/sketches/manifest.json --images W/data/images/test --sketches W/test_sketches/s00)
     ... ablation.py --manifest M --data D --name ablation_openmoji64 --variants vanilla,triplets,cls_mi,all,style_hi \
         --steps 1500 --eval-every 500 --seeds 0 1 --bootstrap 20
 
@@ -173,7 +175,9 @@ def table(results: list[dict], header: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--manifest", required=True, help="TOM sketch manifest of the training images")
-    ap.add_argument("--data", required=True, help="data folder with the held-out split")
+    ap.add_argument("--data", help="data folder with the held-out split (or --images and --sketches)")
+    ap.add_argument("--images", help="held-out images (e.g. a quality.py work folder's data/images/test)")
+    ap.add_argument("--sketches", help="their sketches, same relative names (e.g. its test_sketches/s00)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=300)
@@ -197,7 +201,12 @@ def main() -> None:
     settings = {k: getattr(args, k) for k in ("size", "steps", "eval_every", "batch_size", "cls_k", "cls_every",
                                               "eval_limit", "seed", "arch", "bootstrap")}  # fmt: skip
     data = PairedData.from_manifest(args.manifest, args.size)
-    images, sketches = held_out_dirs(args.data)
+    if args.images and args.sketches:
+        images, sketches = Path(args.images), Path(args.sketches)
+    elif args.data:
+        images, sketches = held_out_dirs(args.data)
+    else:
+        sys.exit("give --data, or --images and --sketches")
     _, x, s = load_held_out(images, sketches, args.size, args.eval_limit)
     settings["data_sha256"] = fingerprint(data.images, data.sketches, x, s)
     print(f"ablation: {len(data)} training images x {data.k} sketches, {len(x)} held-out pairs, {settings}")
