@@ -179,6 +179,13 @@ def test_refined_outputs_are_seeded(model_dir, tmp_path):
             noise.strength.fill_(0.5)  # trained noise strengths: the pictures now depend on the noise
     sk = sketch_png(tmp_path / "s.png")
     style = torch.rand(3, 40, 40)
+    # by default the noise is off: the seed changes nothing, and the picture is the noise-free refiner's
+    quiet = model.generate(sk, style)
+    assert torch.equal(quiet, model.generate(sk, style, seed=7)) and torch.equal(
+        quiet, model.generate(sk, style, seed=None)
+    )
+    assert (quiet - model.generate(sk, style, noise=1.0)).abs().max() > 1e-2
+    model.noise = 1.0  # as in training
     a, b = model.generate(sk, style), model.generate(sk, style)
     assert torch.equal(a, b)  # deterministic by default
     assert (a - model.generate(sk, style, seed=1)).abs().max() > 1e-2  # another seed, another picture

@@ -134,17 +134,18 @@ class App:
             raise InputError("the canvas is blank: draw a sketch (or upload one) first")
         return img
 
-    def generate(self, drawn, sketch_upload, style_upload, selected, stroke: str = "auto", seed=0):
+    def generate(self, drawn, sketch_upload, style_upload, selected, stroke: str = "auto", seed=0, noise=0.0):
         """(auto-encoder output, refined output, the sketch as the model sees it, message).
 
-        ``seed`` draws the refiner's noise: the same inputs and seed give the same picture."""
+        ``noise`` scales the refiner's per-pixel noise (0: none), ``seed`` draws it: the same inputs,
+        noise and seed give the same picture."""
         from sketch2image.pipeline import to_pil
 
         def work():
             sketch, style = self._sketch(drawn, sketch_upload), self._style(style_upload, selected)
             seen = to_pil(self.model.prepare_sketch(sketch, "sketch", stroke).expand(3, -1, -1)[None])[0]
             ae = to_pil(self.model.generate(sketch, style, refine=False, stroke=stroke))[0]
-            refined = self.model.generate(sketch, style, stroke=stroke, seed=int(seed or 0))
+            refined = self.model.generate(sketch, style, stroke=stroke, seed=int(seed or 0), noise=float(noise or 0))
             refined = to_pil(refined)[0] if self.model.refiner else ae
             return ae, refined, seen
 
@@ -220,6 +221,7 @@ def build(app: App):
                 stroke = gr.Radio(["auto", "none"], value="auto", label="lines: auto = redrawn at the model's line "
                                   "weight (any pencil, pen or chalk drawing); none = used as drawn",
                                   elem_id="s2i-stroke")  # fmt: skip
+                noise = gr.Number(value=0, label="refiner noise (0: none, 1: as trained)", elem_id="s2i-noise")
                 seed = gr.Number(value=0, precision=0, label="seed (the refiner's noise)", elem_id="s2i-seed")
                 go = gr.Button("Generate", variant="primary", elem_id="s2i-generate")
             msg = gr.Markdown(elem_id="s2i-message")
@@ -228,7 +230,7 @@ def build(app: App):
                 out_ae = result("auto-encoder output", "s2i-out-ae")
                 out_ref = result(refined_label, "s2i-out-refined")
             gal.select(on_select, None, selected)
-            go.click(app.generate, [pad, sk_up, st_up, selected, stroke, seed], [out_ae, out_ref, seen, msg])
+            go.click(app.generate, [pad, sk_up, st_up, selected, stroke, seed, noise], [out_ae, out_ref, seen, msg])
 
         with gr.Tab("Mix"):
             gr.Markdown("One sketch in a mixture of 2–4 styles: **stitch** them into one reference (2 or 4, as in "

@@ -140,7 +140,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from sketch2image.errors import InputError
     from sketch2image.pipeline import Sketch2Image, fit_output
 
-    model = Sketch2Image.from_pretrained(args.model, args.device)
+    model = Sketch2Image.from_pretrained(args.model, args.device, noise=args.noise)
     sketches, sketch_ids = _inputs(args.sketch)
     styles, style_ids = _inputs(args.style)
     if args.pair_by_name:
@@ -181,7 +181,7 @@ def _cmd_mix(args: argparse.Namespace) -> int:
     from sketch2image.errors import InputError
     from sketch2image.pipeline import Sketch2Image
 
-    model = Sketch2Image.from_pretrained(args.model, args.device)
+    model = Sketch2Image.from_pretrained(args.model, args.device, noise=args.noise)
     sketches, ids = _inputs(args.sketch)
     if len(sketches) > 1 and _out_is_file(args.out):
         raise InputError(f"{args.out}: {len(sketches)} outputs need a folder, not a file name")
@@ -208,7 +208,7 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
     from sketch2image.errors import InputError
     from sketch2image.pipeline import Sketch2Image
 
-    model = Sketch2Image.from_pretrained(args.model, args.device)
+    model = Sketch2Image.from_pretrained(args.model, args.device, noise=args.noise)
     contents, ids = _inputs(args.content)
     if len(contents) > 1 and (_out_is_file(args.out) or (args.sketch_out and _out_is_file(args.sketch_out))):
         raise InputError(f"{len(contents)} content images need folders for --out and --sketch-out")
@@ -298,6 +298,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     else:
         raise InputError("give --data DIR, or both --images and --sketches")
     model = load_for_eval(args.model, args.tom, args.device)
+    model.noise = args.noise
     ids, x, s = load_held_out(images, sketches, model.size, args.limit)
     print(f"evaluating {args.model} on {len(ids)} held-out pairs ({images} + {sketches})")
     report = evaluate(model, x, s, metrics, refine=not args.no_refine, seed=args.seed, batch_size=args.batch_size,
@@ -402,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-refine", action="store_true", help="return the auto-encoder output, skip the refiner")
         sp.add_argument("--device", default="cpu")
         sp.add_argument("--seed", type=int, default=0, help="the refiner's noise: output i uses seed + i")
+        sp.add_argument("--noise", type=float, default=0.0, help="refiner noise scale (0: none; 1: as trained)")
         if sketches:
             sp.add_argument(
                 "--stroke",
@@ -467,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-refine", action="store_true", help="evaluate the auto-encoder output alone")
     ev.add_argument("--limit", type=int, help="only the first N held-out pairs")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--noise", type=float, default=0.0, help="scale of the refiner's noise (0: none; 1: as trained)")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--cache", help="folder for cached reference statistics (default $S2I_CACHE_DIR or ~/.cache)")
     ev.add_argument("--inception", help="explicit path to the FID Inception file (default: the installed package's)")

@@ -29,16 +29,16 @@ class NoiseInjection(nn.Module):
         self.strength = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(
-        self, h: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+        self, h: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None, scale: float = 1.0
     ) -> torch.Tensor:
         """``generator``: one for the batch, or one per sample (each output's noise then depends on its
-        own seed only, not on its place in the batch)."""
+        own seed only, not on its place in the batch). ``scale`` multiplies the learnt strength."""
         if isinstance(generator, (list, tuple)):
             noise = torch.cat([torch.randn(1, 1, *h.shape[2:], device=h.device, dtype=h.dtype, generator=g)
                                for g in generator])  # fmt: skip
         else:
             noise = torch.randn(h.shape[0], 1, *h.shape[2:], device=h.device, dtype=h.dtype, generator=generator)
-        return h + self.strength * noise
+        return h + (scale * self.strength) * noise
 
 
 class Refiner(nn.Module):
@@ -77,9 +77,9 @@ class Refiner(nn.Module):
         nn.init.zeros_(self.to_rgb.weight)
         nn.init.zeros_(self.to_rgb.bias)
 
-    def _inject(self, i: int, h: torch.Tensor, style: torch.Tensor | None, generator) -> torch.Tensor:
-        if self.noise is not None:
-            h = self.noise[i](h, generator)
+    def _inject(self, i: int, h: torch.Tensor, style: torch.Tensor | None, generator, noise: float) -> torch.Tensor:
+        if self.noise is not None and noise != 0:
+            h = self.noise[i](h, generator, noise)
         if self.style is not None and style is not None:
             h = self.style[i](h, style)
         return h
@@ -89,21 +89,23 @@ class Refiner(nn.Module):
         x_ae: torch.Tensor,
         style: torch.Tensor | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        noise: float = 1.0,
     ) -> torch.Tensor:
+        """``noise`` scales the per-pixel noise: 1 as in training, 0 none (no random numbers drawn)."""
         ckpt = self.cfg.grad_checkpoint
         h = run_block(self.stem, x_ae, checkpoint=ckpt)
         skips = [] if self.fuse is None else [h]
         for block in self.down:
             h = run_block(block, h, checkpoint=ckpt)
             skips.append(h)
-        h = self._inject(0, skips.pop(), style, generator)
+        h = self._inject(0, skips.pop(), style, generator, noise)
         for i, up in enumerate(self.up):
             h = run_block(up, h, checkpoint=ckpt)
             if self.fuse is None:  # lean: add the skip (there is none at full size)
                 h = h + skips.pop() if skips else h
             else:
                 h = run_block(self.fuse[i], torch.cat([h, skips.pop()], dim=1), checkpoint=ckpt)
-            h = self._inject(i + 1, h, style, generator)
+            h = self._inject(i + 1, h, style, generator, noise)
         return torch.sigmoid(torch.logit(x_ae.clamp(1e-3, 1 - 1e-3)) + self.to_rgb(h))
 
 
