@@ -176,8 +176,9 @@ class Sketch2Image:
         sketches, f_style = sketches.to(self.device), f_style.to(self.device)
         out = self.ae.decoder(self.ae.content_encoder(sketches), f_style, sketches)
         if refine and self.refiner is not None:
-            gens = None if seeds is None else [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
-            out = self.refiner(out, f_style, generator=gens if noise else None, noise=noise)
+            draw = noise and seeds is not None  # no generators when no noise is drawn
+            gens = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds] if draw else None
+            out = self.refiner(out, f_style, generator=gens, noise=noise)
         return out.clamp(0, 1).cpu()
 
     @torch.inference_mode()
