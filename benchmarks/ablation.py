@@ -75,7 +75,7 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     for t in tensors:
         t = t.contiguous()
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.uint8 else t.numpy().tobytes())
+        h.update(t.numpy().tobytes())
     return h.hexdigest()
 
 

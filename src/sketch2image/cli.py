@@ -333,6 +333,9 @@ def _training_args(sp: argparse.ArgumentParser, config: str, example: str) -> No
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"any {config} field, e.g. {example}")
 
 
+NOISE_HELP = "refiner noise scale (0: none, the default; 1: as trained)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="s2i", description="Self-supervised sketch-to-image synthesis.")
     p.add_argument("--version", action="version", version=f"sketch2image {__version__}")
@@ -403,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-refine", action="store_true", help="return the auto-encoder output, skip the refiner")
         sp.add_argument("--device", default="cpu")
         sp.add_argument("--seed", type=int, default=0, help="the refiner's noise: output i uses seed + i")
-        sp.add_argument("--noise", type=float, default=0.0, help="refiner noise scale (0: none; 1: as trained)")
+        sp.add_argument("--noise", type=float, default=0.0, help=NOISE_HELP)
         if sketches:
             sp.add_argument(
                 "--stroke",
@@ -469,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-refine", action="store_true", help="evaluate the auto-encoder output alone")
     ev.add_argument("--limit", type=int, help="only the first N held-out pairs")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--noise", type=float, default=0.0, help="scale of the refiner's noise (0: none; 1: as trained)")
+    ev.add_argument("--noise", type=float, default=0.0, help=NOISE_HELP)
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--cache", help="folder for cached reference statistics (default $S2I_CACHE_DIR or ~/.cache)")
     ev.add_argument("--inception", help="explicit path to the FID Inception file (default: the installed package's)")
