@@ -1,0 +1,44 @@
+"""Folders written by release 0.1.0 (tests/fixtures/release_0_1_0, made by make_release_fixture.py)
+still load and give the outputs that release recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sketch2image.pipeline import Sketch2Image
+from sketch2image.sketcher import TOMSketcher
+
+OLD = Path(__file__).parent / "fixtures" / "release_0_1_0"
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, torch.Tensor]:
+    return load_file(str(OLD / "expected.safetensors"))
+
+
+def _inputs():
+    from fixtures.make_release_fixture import inputs
+
+    return inputs()
+
+
+def test_old_exported_model_gives_the_recorded_outputs(expected):
+    sketches, styles = _inputs()
+    model = Sketch2Image.from_pretrained(OLD / "model")
+    f = model.style_vectors(styles)
+    torch.testing.assert_close(model.decode(sketches, f, refine=False), expected["ae"])
+    torch.testing.assert_close(model.decode(sketches, f, refine=True), expected["refined"])
+    torch.testing.assert_close(
+        model.decode(sketches, f, refine=True, seeds=[0, 1], noise=1.0), expected["refined_noise"]
+    )
+    torch.testing.assert_close(model.generate(list(sketches), list(styles)), expected["generate"])
+    torch.testing.assert_close(model.tom(styles), expected["tom"])
+
+
+def test_old_tom_run_folder_loads(expected):
+    _, styles = _inputs()
+    torch.testing.assert_close(TOMSketcher.from_pretrained(OLD / "tom_run")(styles), expected["tom"])
