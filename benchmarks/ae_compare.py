@@ -17,7 +17,7 @@ import torch
 
 from sketch2image.ae_eval import cross_grid, paired_reconstruction
 from sketch2image.data.paired import load_pairs_by_id
-from sketch2image.train.ae import from_pretrained
+from sketch2image.nets.autoencoder import SketchAutoEncoder
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     runs = dict(r.split("=", 1) for r in args.run)
     results, curves = {}, {}
     for name, run in runs.items():
-        model = from_pretrained(run)
+        model = SketchAutoEncoder.from_pretrained(run)
         results[name] = {
             "run": run,
             "config": json.loads((Path(run) / "config.json").read_text()),

@@ -48,7 +48,7 @@ def one(kind: str, size: int, batch: int, iters: int) -> dict:
         t = timed(fn, iters)
         params = sum(trainer.model.parameter_counts().values())
     else:
-        model = SketchAutoEncoder(cfg).eval()
+        model = SketchAutoEncoder(cfg.model_config()).eval()
         sk, st = torch.rand(batch, 1, size, size), torch.rand(batch, 3, size, size)
 
         def fn():

@@ -44,16 +44,11 @@ from sketch2image.configs import AEConfig, GANConfig, TOMConfig, apply_overrides
 from sketch2image.data.images import scan_images
 from sketch2image.data.openmoji import render_openmoji
 from sketch2image.errors import S2IError
-from sketch2image.metrics.evaluate import (
-    DEFAULT_METRICS,
-    evaluate,
-    held_out_dirs,
-    load_held_out,
-    machine_description,
-    report_markdown,
-)
-from sketch2image.pipeline import export_model
+from sketch2image.metrics.evaluate import DEFAULT_METRICS, evaluate, held_out_dirs, load_held_out
+from sketch2image.metrics.report import machine_description, report_markdown
+from sketch2image.pipeline import Sketch2Image
 from sketch2image.sketcher import sketch_folder
+from sketch2image.storage import atomic_write_json
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.ae import train_ae
 from sketch2image.train.gan import train_gan
@@ -112,7 +107,7 @@ class State:
         self.data = json.loads(path.read_text()) if path.is_file() else {"stages": {}}
 
     def save(self) -> None:
-        ckpt.atomic_write_json(self.path, self.data)
+        atomic_write_json(self.path, self.data)
 
     def check_protocol(self, protocol: dict) -> None:
         """Data and split must not change under a work folder; step budgets and time may."""
@@ -403,13 +398,11 @@ def main() -> None:
     t = time.perf_counter()
     if (model_dir / "sketch2image.json").is_file():
         shutil.rmtree(model_dir)  # re-exported every time: stages may have trained further since
-    export_model(model_dir, ae_run=ae, gan_run=gan, tom_run=tom, data=f"{dataset_name}, {args.size}px")
+    Sketch2Image.from_runs(ae, gan, tom).save_pretrained(model_dir, training_data=f"{dataset_name}, {args.size}px")
     timings["export"] = time.perf_counter() - t
 
-    from sketch2image.cli import load_for_eval
-
     t = time.perf_counter()
-    model = load_for_eval(str(model_dir), device=device)
+    model = Sketch2Image.from_pretrained(model_dir, device=device)
     inputs = [("TOM sketches", test_sketches / "s00")]
     if data["real_lines"] is not None:
         inputs.insert(0, ("real line art", data["real_lines"]))

@@ -185,7 +185,7 @@ def build(
             f"from {N_IMAGES} uint8 pairs",
         }
     gcfg = overrides(GANConfig(batch_size=batch, mixed_precision=mp), sets, "gan").for_size(size)
-    ae = SketchAutoEncoder(acfg).to(device).eval().requires_grad_(False)
+    ae = SketchAutoEncoder(acfg.model_config()).to(device).eval().requires_grad_(False)
     if stage == "gan-train":
         from sketch2image.train.gan import GANTrainer
 
@@ -214,7 +214,7 @@ def build(
             "shapes": shapes,
             "infer": True,
         }
-    refiner = Refiner(gcfg, acfg.style_dim).to(device).eval().requires_grad_(False)
+    refiner = Refiner(gcfg.model_config(size, acfg.style_dim)).to(device).eval().requires_grad_(False)
 
     def refine() -> torch.Tensor:
         res = ae(sketch, style, features=True)

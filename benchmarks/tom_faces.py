@@ -36,8 +36,8 @@ import torch
 from sketch2image.configs import TOMConfig
 from sketch2image.data.images import ImageFolder
 from sketch2image.data.ink import THRESHOLDS, InkReport, ink_fraction
+from sketch2image.figures import save_grid
 from sketch2image.sketcher import TOMSketcher
-from sketch2image.train.common import save_grid
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

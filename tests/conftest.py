@@ -13,9 +13,7 @@ from PIL import Image, ImageDraw
 from sketch2image.configs import AEConfig, GANConfig, TOMConfig
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import Refiner
-from sketch2image.pipeline import export_model
-from sketch2image.train.ae import save_pretrained
-from sketch2image.train.gan import save_refiner
+from sketch2image.pipeline import Sketch2Image
 from sketch2image.train.tom import train_tom
 
 
@@ -107,18 +105,13 @@ def paired_manifest(tmp_path: Path, image_dir: Path) -> Path:
 @pytest.fixture
 def model_dir(tmp_path, image_dir, sketch_dir, tiny_tom):
     torch.manual_seed(0)
-    ae = SketchAutoEncoder(AEConfig(size=32, width=8, max_width=32, style_dim=16, content_res=8))
-    save_pretrained(ae, tmp_path / "ae_run" / "model")
-    ref = Refiner(GANConfig(width=8, max_width=16, levels=2), style_dim=16)
+    ae = SketchAutoEncoder(AEConfig(size=32, width=8, max_width=32, style_dim=16, content_res=8).model_config())
+    ae.save_pretrained(tmp_path / "ae_run" / "model")
+    ref = Refiner(GANConfig(width=8, max_width=16, levels=2).model_config(32, style_dim=16))
     torch.nn.init.normal_(ref.to_rgb.weight, std=0.1)  # a refiner that is not the identity any more
     for inj in ref.style:
         torch.nn.init.normal_(inj.proj.weight)
-    save_refiner(ref, 16, tmp_path / "gan_run" / "model")
+    ref.save_pretrained(tmp_path / "gan_run" / "model")
     train_tom(tiny_tom, image_dir, sketch_dir, tmp_path / "tom_run", progress=False)
-    return export_model(
-        tmp_path / "model",
-        ae_run=tmp_path / "ae_run",
-        gan_run=tmp_path / "gan_run",
-        tom_run=tmp_path / "tom_run",
-        data="tiny shapes",
-    )
+    model = Sketch2Image.from_runs(tmp_path / "ae_run", tmp_path / "gan_run", tmp_path / "tom_run")
+    return model.save_pretrained(tmp_path / "model", training_data="tiny shapes")

@@ -63,7 +63,7 @@ def build(stage: str, acc: Accelerator):
     if stage == "gan":
         from sketch2image.train.gan import GANTrainer
 
-        ae = SketchAutoEncoder(tiny_ae_config())
+        ae = SketchAutoEncoder(tiny_ae_config().model_config())
         # Noise off: it is the one thing drawn per rank on purpose (see train/distributed.py).
         cfg = GANConfig(width=8, max_width=16, levels=2, d_width=8, batch_size=GLOBAL_BATCH, noise=False)
         trainer = GANTrainer(cfg, ae, acc)

@@ -12,7 +12,7 @@ from sketch2image.errors import InputError, S2IError
 from sketch2image.losses import content_triplet, standardise, style_triplet, uniform_prediction_loss
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.blocks import DualMaskInjection, StyleInjection
-from sketch2image.train.ae import AETrainer, from_pretrained, train_ae
+from sketch2image.train.ae import AETrainer, train_ae
 
 
 def tiny(**kw) -> AEConfig:
@@ -141,7 +141,7 @@ def test_dmi_switch_changes_what_the_decoder_reads(arch):
     outs = {}
     for dmi in ("none", "sketch", "feature"):
         torch.manual_seed(1)
-        m = SketchAutoEncoder(tiny(dmi=dmi, arch=arch)).eval()
+        m = SketchAutoEncoder(tiny(dmi=dmi, arch=arch).model_config()).eval()
         for mod in m.decoder.dmi:
             if isinstance(mod, DualMaskInjection):
                 torch.nn.init.normal_(mod.a1)
@@ -196,7 +196,7 @@ def test_layouts_share_the_interface_and_lean_is_cheaper():
     sk, st = torch.rand(1, 1, 64, 64), torch.rand(1, 3, 64, 64)
     flops = {}
     for arch in ("lean", "classic"):
-        m = SketchAutoEncoder(tiny(arch=arch, size=64, width=16, max_width=128)).eval()
+        m = SketchAutoEncoder(tiny(arch=arch, size=64, width=16, max_width=128).model_config()).eval()
         content = m.content_encoder(sk)
         assert content[-1].shape == (1, m.cfg.style_dim, 8, 8)  # f_content: style_dim x content_res²
         # classic keeps a full-size content map; lean starts at half size
@@ -295,7 +295,7 @@ def test_train_resume_and_load(tmp_path, paired_manifest):
     train_ae(AEConfig(**{**cfg.__dict__, "steps": 6}), manifest, run, progress=False)
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
-    model = from_pretrained(run)
+    model = SketchAutoEncoder.from_pretrained(run)
     out = model(torch.rand(2, 1, 32, 32), torch.rand(2, 3, 32, 32))
     assert out.shape == (2, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
 
@@ -312,7 +312,7 @@ def test_paired_reconstruction_and_cross_grid(tmp_path, image_dir):
         Image.open(p).convert("L").save(sk_dir / rel)
     (sk_dir / "orphan.png").write_bytes((sk_dir / "img0.png").read_bytes())  # no matching image: ignored
     torch.manual_seed(0)
-    model = SketchAutoEncoder(tiny())
+    model = SketchAutoEncoder(tiny().model_config())
     result = paired_reconstruction(model, image_dir, sk_dir)
     assert result["n"] == 6
     assert 0 < result["mse"] < 1 and result["psnr_db"] > 0
@@ -342,4 +342,4 @@ def test_cli_ae_errors_one_line(tmp_path, capsys):
     rc = main(["ae", "train", "--data", "x", "--out", str(tmp_path / "run"), "--preset", "96"])
     assert rc == 2 and "no AE preset" in capsys.readouterr().err
     rc = main(["ae", "recon", "--model", str(tmp_path), "--images", ".", "--sketches", "."])
-    assert rc == 2 and "config" in capsys.readouterr().err
+    assert rc == 2 and "no auto-encoder" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from dist_stages import STEPS, build, flat
 from safetensors.torch import load_file
 
 from sketch2image.cli import main
-from sketch2image.train.ae import from_pretrained
+from sketch2image.nets.autoencoder import SketchAutoEncoder
 
 TESTS = Path(__file__).resolve().parent
 ATOL = 1e-5  # final weights of the resumed run vs the uninterrupted one
@@ -100,7 +100,7 @@ def test_checkpoint_of_two_processes_resumes_in_one(tmp_path, paired_manifest, i
 
 def _final_weights(run: Path, stage: str) -> dict[str, torch.Tensor]:
     if stage == "ae":
-        return from_pretrained(run).state_dict()
+        return SketchAutoEncoder.from_pretrained(run).state_dict()
     from sketch2image.train.checkpoint import latest_checkpoint, load_checkpoint
 
     tensors, _ = load_checkpoint(latest_checkpoint(run))

@@ -8,8 +8,7 @@ from sketch2image.configs import AEConfig, GANConfig
 from sketch2image.errors import CheckpointError
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import NoiseInjection, PatchDiscriminator, Refiner, ema_decay_at, ema_update
-from sketch2image.train.ae import save_pretrained
-from sketch2image.train.gan import GANTrainer, load_refiner, train_gan
+from sketch2image.train.gan import GANTrainer, train_gan
 
 
 def tiny_gan(**kw) -> GANConfig:
@@ -28,26 +27,30 @@ def tiny_gan(**kw) -> GANConfig:
     return GANConfig(**{**base, **kw})
 
 
+def tiny_refiner(**kw) -> Refiner:
+    return Refiner(tiny_gan(**kw).model_config(32, style_dim=16))
+
+
 @pytest.fixture
 def ae_run(tmp_path):
     torch.manual_seed(0)
     cfg = AEConfig(size=32, width=8, max_width=32, style_dim=16, content_res=8)
-    return save_pretrained(SketchAutoEncoder(cfg), tmp_path / "ae" / "model").parent
+    return SketchAutoEncoder(cfg.model_config()).save_pretrained(tmp_path / "ae" / "model").parent
 
 
 @pytest.mark.parametrize("arch", ["lean", "classic"])
 def test_refiner_and_discriminator_shapes(arch):
-    g = Refiner(tiny_gan(arch=arch), style_dim=16)
+    g = tiny_refiner(arch=arch)
     x, s = torch.rand(2, 3, 32, 32), torch.randn(2, 16)
     y = g(x, s)
     assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1
-    assert PatchDiscriminator(tiny_gan()).forward(y).shape == (2, 1, 8, 8)  # one logit per patch
+    assert PatchDiscriminator(8, 2).forward(y).shape == (2, 1, 8, 8)  # one logit per patch
 
 
 @pytest.mark.parametrize("arch", ["lean", "classic"])
 def test_refiner_uses_style_and_noise(arch):
     torch.manual_seed(0)
-    g = Refiner(tiny_gan(arch=arch), style_dim=16).eval()
+    g = tiny_refiner(arch=arch).eval()
     x0 = torch.rand(2, 3, 32, 32) * 0.9 + 0.05
     assert torch.allclose(g(x0, torch.randn(2, 16)), x0, atol=1e-5)  # identity on the AE output at start
     torch.nn.init.normal_(g.to_rgb.weight, std=0.1)
@@ -62,7 +65,7 @@ def test_refiner_uses_style_and_noise(arch):
         torch.nn.init.constant_(n.strength, 1.0)
     assert not torch.allclose(g(x, s, gen()), base)  # noise reaches the output once its strength is learnt
     assert not torch.allclose(g(x, s, gen()), g(x, s, torch.Generator().manual_seed(2)))
-    off = Refiner(tiny_gan(noise=False, use_style=False), style_dim=16)
+    off = tiny_refiner(noise=False, use_style=False)
     assert off.noise is None and off.style is None
 
 
@@ -73,7 +76,7 @@ def test_lean_refiner_keeps_full_resolution_work_small():
     x, s = torch.rand(1, 3, 64, 64), torch.randn(1, 16)
     flops = {}
     for arch in ("lean", "classic"):
-        g = Refiner(tiny_gan(arch=arch, width=16, max_width=64, levels=3), style_dim=16).eval()
+        g = tiny_refiner(arch=arch, width=16, max_width=64, levels=3).eval()
         with FlopCounterMode(display=False) as fc:
             g(x, s)
         flops[arch] = fc.get_total_flops()
@@ -101,9 +104,7 @@ def test_ema_update_math():
 
 def test_trainer_updates_g_and_d_and_keeps_ae_frozen(ae_run, paired_manifest):
     from sketch2image.data.paired import PairedData
-    from sketch2image.train.ae import from_pretrained
-
-    ae = from_pretrained(ae_run)
+    ae = SketchAutoEncoder.from_pretrained(ae_run)
     ae_before = {k: v.clone() for k, v in ae.state_dict().items()}
     trainer = GANTrainer(tiny_gan(ema_decay=0.5), ae, Accelerator(cpu=True))
     g0 = [p.detach().clone() for p in trainer.g.parameters()]
@@ -127,9 +128,9 @@ def test_train_resume_and_load(tmp_path, ae_run, paired_manifest):
     assert len(list((run / "samples").glob("*.png"))) == 2
     train_gan(tiny_gan(steps=6), ae_run, paired_manifest, run, progress=False)
     assert [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
-    refiner = load_refiner(run)
+    refiner = Refiner.from_pretrained(run)
     assert not refiner.training
     assert refiner(torch.rand(1, 3, 32, 32), torch.randn(1, 16)).shape == (1, 3, 32, 32)
     (run / "model" / "refiner.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="refiner.safetensors"):
-        load_refiner(run)
+        Refiner.from_pretrained(run)

@@ -21,7 +21,8 @@ from sketch2image.data.ink import BLANK_BELOW, SOLID_ABOVE, InkReport, ink_fract
 from sketch2image.errors import CheckpointError
 from sketch2image.losses import gram
 from sketch2image.nets.tom import GramDiscriminator
-from sketch2image.train.checkpoint import atomic_save_safetensors, save_checkpoint
+from sketch2image.storage import save_tensors
+from sketch2image.train.checkpoint import save_checkpoint
 from sketch2image.train.guard import FiniteGuard, NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,7 +236,7 @@ def test_a_non_finite_gradient_of_a_finite_loss_is_named():
 def test_non_finite_weights_are_never_written(tmp_path):
     bad = {"w": torch.tensor([1.0, float("nan")]), "rng": torch.zeros(3, dtype=torch.uint8)}
     with pytest.raises(CheckpointError, match="'w' holds non-finite"):
-        atomic_save_safetensors(bad, tmp_path / "m.safetensors")
+        save_tensors(bad, tmp_path / "m.safetensors")
     with pytest.raises(CheckpointError, match="non-finite"):
         save_checkpoint(tmp_path, 3, bad, {})
     assert list(tmp_path.iterdir()) == []

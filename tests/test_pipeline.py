@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from sketch2image.cli import main
 from sketch2image.errors import CheckpointError, InputError
-from sketch2image.pipeline import Sketch2Image, export_model, normalize_sketch, stitch
+from sketch2image.pipeline import Sketch2Image, normalize_sketch, stitch
 
 # --- sketch normalisation ----------------------------------------------------------------------
 
@@ -87,14 +87,21 @@ def test_from_pretrained_refuses_bad_folders(model_dir, tmp_path):
         Sketch2Image.from_pretrained(model_dir)
     (model_dir / "sketch2image.json").write_text(json.dumps(info))
     (model_dir / "ae" / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="weights missing"):
+    with pytest.raises(CheckpointError, match="no auto-encoder"):
         Sketch2Image.from_pretrained(model_dir)
 
 
-def test_export_leaves_nothing_on_failure(tmp_path):
-    with pytest.raises(CheckpointError):
-        export_model(tmp_path / "out", ae_run=tmp_path / "no_ae")
+def test_export_leaves_nothing_on_failure(model_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="no_ae: folder not found"):
+        Sketch2Image.from_runs(tmp_path / "no_ae")
+    model = Sketch2Image.from_pretrained(model_dir)
+    with torch.no_grad():
+        next(model.refiner.parameters()).fill_(float("nan"))  # the AE is written, then the refiner refuses
+    with pytest.raises(CheckpointError, match="non-finite"):
+        model.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    with pytest.raises(InputError, match="already exists"):
+        model.save_pretrained(model_dir)
 
 
 # --- CLI bad input: one line, exit != 0, nothing written -------------------------------------------

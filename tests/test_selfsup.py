@@ -151,18 +151,18 @@ def test_ema_ramp():
 
 def test_exported_refiner_is_the_ema(tmp_path, paired_manifest):
     from sketch2image.nets.autoencoder import SketchAutoEncoder
-    from sketch2image.train.ae import save_pretrained
-    from sketch2image.train.checkpoint import load_safetensors
-    from sketch2image.train.gan import load_refiner, train_gan
+    from sketch2image.nets.refiner import Refiner
+    from sketch2image.storage import load_tensors
+    from sketch2image.train.gan import train_gan
 
     torch.manual_seed(0)
     ae_cfg = AEConfig(size=32, width=8, max_width=32, style_dim=16, content_res=8)
-    save_pretrained(SketchAutoEncoder(ae_cfg), tmp_path / "ae" / "model")
+    SketchAutoEncoder(ae_cfg.model_config()).save_pretrained(tmp_path / "ae" / "model")
     cfg = GANConfig(width=8, max_width=16, levels=2, d_width=8, d_layers=2, batch_size=2, steps=6,
                     checkpoint_every=6, sample_every=6)  # fmt: skip
     run = train_gan(cfg, tmp_path / "ae", paired_manifest, tmp_path / "gan", progress=False)
-    state = load_safetensors(run / "checkpoints" / "step_0000006" / "state.safetensors")
-    exported = load_refiner(run).state_dict()
+    state = load_tensors(run / "checkpoints" / "step_0000006" / "state.safetensors")
+    exported = Refiner.from_pretrained(run).state_dict()
     for k, v in exported.items():
         assert torch.equal(v, state[f"g_ema.{k}"])
     assert any(not torch.equal(state[f"g_ema.{k}"], state[f"g.{k}"]) for k in exported)  # an average, not G2

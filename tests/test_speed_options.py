@@ -13,7 +13,8 @@ from sketch2image.train.common import RUNTIME_KEYS, prepare_run_dir, speed_up
 
 def _ae(**kw) -> SketchAutoEncoder:
     torch.manual_seed(0)
-    return SketchAutoEncoder(AEConfig(size=32, width=8, max_width=32, style_dim=16, content_res=8, **kw))
+    cfg = AEConfig(size=32, width=8, max_width=32, style_dim=16, content_res=8, **kw)
+    return SketchAutoEncoder(cfg.model_config()).gradient_checkpointing(cfg.grad_checkpoint)
 
 
 def _inputs():
@@ -37,8 +38,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert torch.allclose(out_a, out_b, atol=1e-6) and ga.keys() == gb.keys() and len(ga) > 10
     assert all(torch.allclose(ga[k], gb[k], atol=1e-6) for k in ga)
     torch.manual_seed(0)
-    r_plain = Refiner(GANConfig(width=8, max_width=16, levels=2, noise=False), 16)
-    r_ckpt = Refiner(GANConfig(width=8, max_width=16, levels=2, noise=False, grad_checkpoint=True), 16)
+    r_cfg = GANConfig(width=8, max_width=16, levels=2, noise=False).model_config(32, style_dim=16)
+    r_plain, r_ckpt = Refiner(r_cfg), Refiner(r_cfg).gradient_checkpointing()
     r_ckpt.load_state_dict(r_plain.state_dict())
     torch.nn.init.normal_(r_plain.to_rgb.weight, std=0.1)
     r_ckpt.load_state_dict(r_plain.state_dict())

@@ -119,12 +119,10 @@ def test_outputs_keep_the_sketch_shape(model_dir):
 
 
 def test_export_records_the_training_stroke_width(tmp_path, paired_manifest, image_dir, sketch_dir):
-    from sketch2image.pipeline import export_model
-
     assert main(["ae", "train", "--data", str(paired_manifest), "--out", str(tmp_path / "ae"), "--steps", "1",
                  "--preset", "64", "--set", "size=32", "--set", "width=8", "--set", "max_width=32",
                  "--set", "style_dim=16", "--set", "cls_k=4", "--batch-size", "4"]) == 0  # fmt: skip
-    out = export_model(tmp_path / "model", ae_run=tmp_path / "ae")
+    out = Sketch2Image.from_runs(tmp_path / "ae").save_pretrained(tmp_path / "model")
     width = json.loads((out / "sketch2image.json").read_text())["stroke_width"]
     assert 0.5 < width < 3.0  # the fixture's 1-2 px lines, many diagonal (the estimate counts pixel edges)
     assert Sketch2Image.from_pretrained(out).stroke_width == pytest.approx(width)

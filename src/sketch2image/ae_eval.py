@@ -33,7 +33,7 @@ def paired_reconstruction(model: SketchAutoEncoder, images: Path, sketches: Path
 @torch.inference_mode()
 def cross_grid(model: SketchAutoEncoder, sketches: torch.Tensor, styles: torch.Tensor, out: Path) -> Path:
     """Every sketch × every style: a header row of style images, then per sketch the sketch and its outputs."""
-    from sketch2image.train.common import save_grid
+    from sketch2image.figures import save_grid
 
     model.eval()
     device = next(model.parameters()).device

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from sketch2image.errors import InputError, S2IError
+from sketch2image.storage import folder_kind
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an offline tool
 
@@ -43,7 +44,7 @@ def find_model(model: str | os.PathLike | None) -> Path:
     """The model folder to serve: the one given, or the demo's, or an error that says how to make one."""
     if model is not None:
         return Path(model)
-    if (DEFAULT_MODEL / "sketch2image.json").is_file():
+    if folder_kind(DEFAULT_MODEL) == "model":
         return DEFAULT_MODEL
     raise S2IError(
         f"no --model given and no demo model at ./{DEFAULT_MODEL}. Make one with `bash scripts/demo.sh` "

@@ -28,10 +28,10 @@ def _cmd_data_openmoji(args: argparse.Namespace) -> None:
 
 def _cmd_weights_vgg(args: argparse.Namespace) -> None:
     from sketch2image.nets.vgg import vgg_subset_tensors
-    from sketch2image.train.checkpoint import atomic_save_safetensors
+    from sketch2image.storage import save_tensors
 
     tensors, meta = vgg_subset_tensors(args.upto)
-    atomic_save_safetensors(tensors, Path(args.out), meta)
+    save_tensors(tensors, Path(args.out), meta)
     size = Path(args.out).stat().st_size
     print(f"VGG-19 layers up to {args.upto}: {args.out} ({size / 1e6:.1f} MB); use it with --set vgg={args.out}")
 
@@ -79,9 +79,10 @@ def _cmd_ae_recon(args: argparse.Namespace) -> None:
     import json
 
     from sketch2image.ae_eval import paired_reconstruction
-    from sketch2image.train.ae import from_pretrained
+    from sketch2image.nets.autoencoder import SketchAutoEncoder
 
-    result = paired_reconstruction(from_pretrained(args.model, args.device), Path(args.images), Path(args.sketches))
+    model = SketchAutoEncoder.from_pretrained(args.model, args.device)
+    result = paired_reconstruction(model, Path(args.images), Path(args.sketches))
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -98,12 +99,10 @@ def _cmd_gan_train(args: argparse.Namespace) -> None:
 def _save_images(images, paths: list[Path]) -> None:
     """Write every output atomically (temp name, then rename): an interrupted run leaves no half file."""
     from sketch2image.pipeline import to_pil
+    from sketch2image.storage import save_image
 
     for img, path in zip(to_pil(images), paths, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-        img.save(tmp)
-        tmp.replace(path)
+        save_image(img, path)
 
 
 def _inputs(path: str) -> tuple[list[Path], list[str]]:
@@ -135,10 +134,8 @@ def _summary(written: int, out: str, skipped: list[str], total: int) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
     from sketch2image.errors import InputError
-    from sketch2image.pipeline import Sketch2Image, fit_output
+    from sketch2image.pipeline import Sketch2Image
 
     model = Sketch2Image.from_pretrained(args.model, args.device, noise=args.noise)
     sketches, sketch_ids = _inputs(args.sketch)
@@ -161,20 +158,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     sk_t, shapes = model.prepare_inputs(sketches, "sketch", "raise" if len(sketches) == 1 else "skip", args.stroke)
     st_t, _ = model.prepare_inputs(styles, "style", "raise" if len(styles) == 1 else "skip")
     skipped = [str(f) for f, t in [*zip(sketches, sk_t, strict=True), *zip(styles, st_t, strict=True)] if t is None]
-    # (output index, sketch, style, name): output i's refiner noise comes from seed + i, skipped or not
-    good = [(i, a, b, name) for i, (a, b, name) in enumerate(pairs) if sk_t[a] is not None and st_t[b] is not None]
-    if not good:
-        raise InputError(f"{args.sketch} / {args.style}: none of the inputs could be used (see the warnings above)")
     single = len(pairs) == 1 and _out_is_file(args.out)
-    for start in range(0, len(good), args.batch_size):
-        chunk = good[start : start + args.batch_size]
-        f = model.style_vectors(torch.stack([st_t[b] for _, _, b, _ in chunk]))
-        seeds = [args.seed + i for i, _, _, _ in chunk]  # per output: the same pictures at any --batch-size
-        out = model.decode(torch.stack([sk_t[a] for _, a, _, _ in chunk]), f, not args.no_refine, seeds)
-        images = [fit_output(img, shapes[a], args.fit) for img, (_, a, _, _) in zip(out, chunk, strict=True)]
-        paths = [Path(args.out) if single else Path(args.out) / f"{name}.png" for *_, name in chunk]
-        _save_images(images, paths)
-    return _summary(len(good), args.out, skipped, len(sketches) + len(styles))
+    written = 0
+    made = model.generate_pairs(sk_t, st_t, [(a, b) for a, b, _ in pairs], shapes=shapes, fit=args.fit,
+                                refine=not args.no_refine, seed=args.seed, batch_size=args.batch_size)  # fmt: skip
+    for i, image in made:
+        _save_images([image], [Path(args.out) if single else Path(args.out) / f"{pairs[i][2]}.png"])
+        written += 1
+    if not written:
+        raise InputError(f"{args.sketch} / {args.style}: none of the inputs could be used (see the warnings above)")
+    return _summary(written, args.out, skipped, len(sketches) + len(styles))
 
 
 def _cmd_mix(args: argparse.Namespace) -> int:
@@ -228,67 +221,23 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
     return _summary(len(contents) - len(skipped), args.out, skipped, len(contents))
 
 
-def _metrics_for_card(path: Path) -> dict:
-    """``name -> "value (n samples)"`` from an `s2i eval` report, for the model card."""
-    import json
-
-    from sketch2image.errors import InputError
-    from sketch2image.metrics.evaluate import REPORT_FORMAT
-
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: unreadable evaluation report ({e})") from e
-    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
-        raise InputError(f"{path}: not an `s2i eval` report (expected format {REPORT_FORMAT})")
-    card = {}
-    for name, r in report["metrics"].items():
-        n = r.get("n_generated", r.get("n"))
-        card[name] = f"{r['value']:.4g} ({n} samples, {report['size']} px, {r['better']} is better)"
-    return card
-
-
 def _cmd_export(args: argparse.Namespace) -> None:
-    from sketch2image.pipeline import export_model
-
-    metrics = _metrics_for_card(Path(args.metrics)) if args.metrics else None
-    out = export_model(
-        Path(args.out),
-        ae_run=Path(args.ae),
-        gan_run=Path(args.gan) if args.gan else None,
-        tom_run=Path(args.tom) if args.tom else None,
-        data=args.data or "",
-        metrics=metrics,
-    )
-    print(f"model folder: {out}")
-
-
-def load_for_eval(model: str, tom: str | None = None, device: str = "cpu"):
-    """A model folder (from `s2i export`) or a bare auto-encoder run folder, plus optional TOM."""
+    from sketch2image.metrics.report import card_metrics, read_report
     from sketch2image.pipeline import Sketch2Image
-    from sketch2image.sketcher import TOMSketcher
-    from sketch2image.train.ae import from_pretrained
 
-    path = Path(model)
-    if (path / "sketch2image.json").is_file():
-        m = Sketch2Image.from_pretrained(path, device)
-    else:
-        m = Sketch2Image(from_pretrained(path, device), device=device)
-    if tom is not None:
-        m.tom = TOMSketcher.from_pretrained(tom, device=device)
-    return m
+    metrics = card_metrics(read_report(Path(args.metrics))) if args.metrics else None
+    model = Sketch2Image.from_runs(args.ae, args.gan, args.tom)  # every part loads before anything is written
+    out = model.save_pretrained(Path(args.out), training_data=args.data or "", metrics=metrics)
+    print(f"model folder: {out}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from sketch2image.errors import InputError
-    from sketch2image.metrics.evaluate import (
-        evaluate,
-        held_out_dirs,
-        load_held_out,
-        parse_metrics,
-        report_markdown,
-        write_report,
-    )
+    from sketch2image.metrics.evaluate import evaluate, held_out_dirs, load_held_out
+    from sketch2image.metrics.registry import parse_metrics
+    from sketch2image.metrics.report import report_markdown, write_report
+    from sketch2image.pipeline import Sketch2Image
+    from sketch2image.sketcher import TOMSketcher
 
     metrics = parse_metrics(args.metrics)  # a typo fails before anything loads
     if args.data:
@@ -297,8 +246,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         images, sketches = Path(args.images), Path(args.sketches)
     else:
         raise InputError("give --data DIR, or both --images and --sketches")
-    model = load_for_eval(args.model, args.tom, args.device)
-    model.noise = args.noise
+    model = Sketch2Image.load(args.model, args.device, noise=args.noise)
+    if args.tom is not None:
+        model.tom = TOMSketcher.from_pretrained(args.tom, device=args.device)
     ids, x, s = load_held_out(images, sketches, model.size, args.limit)
     print(f"evaluating {args.model} on {len(ids)} held-out pairs ({images} + {sketches})")
     report = evaluate(model, x, s, metrics, refine=not args.no_refine, seed=args.seed, batch_size=args.batch_size,

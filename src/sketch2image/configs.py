@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from sketch2image.errors import CheckpointError, S2IError
+from sketch2image.nets.autoencoder import AutoEncoderConfig
+from sketch2image.nets.refiner import RefinerConfig
 from sketch2image.nets.vgg import LAYER_NAMES
+from sketch2image.storage import from_dict, known_fields, to_dict
 
 T = TypeVar("T")
 
@@ -94,41 +95,6 @@ class TOMConfig:
 
     def snapshot_steps(self) -> list[int]:
         return [self.warmup + i * self.snapshot_every for i in range(self.snapshots)]
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build ``cls`` from a dict, rejecting unknown keys and wrongly typed values."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    data = {**getattr(cls, "LEGACY_DEFAULTS", {}), **data}  # keys added later keep old files' meaning
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise CheckpointError(f"{source}: unknown {cls.__name__} keys {unknown} (written by another version?)")
-    hints = typing.get_type_hints(cls)
-    for key, val in data.items():
-        want = typing.get_origin(hints[key]) or hints[key]
-        ok = isinstance(val, want) or (want is float and isinstance(val, int) and not isinstance(val, bool))
-        if not ok or (want is int and isinstance(val, bool)):
-            raise CheckpointError(f"{source}: {key}={val!r} should be {getattr(want, '__name__', want)}")
-    cfg = cls(**data)
-    if hasattr(cfg, "validate"):
-        cfg.validate()
-    return cfg
-
-
-def load_config(cls: type[T], path: Path) -> T:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: config file missing") from e
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable config ({e})") from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: config must be a JSON object")
-    return from_dict(cls, data, str(path))
 
 
 def apply_overrides(cfg: T, overrides: list[str]) -> T:
@@ -224,16 +190,12 @@ class AEConfig:
     channels_last: bool = True
     grad_checkpoint: bool = False  # recompute decoder/encoder blocks in backward: less memory at 1024 px
 
+    def model_config(self) -> AutoEncoderConfig:
+        """The network's part of this config (what a saved auto-encoder records)."""
+        return AutoEncoderConfig(**known_fields(AutoEncoderConfig, to_dict(self)))
+
     def validate(self) -> None:
-        problems = []
-        if self.dmi not in ("none", "sketch", "feature"):
-            problems.append(f"dmi {self.dmi!r} must be none, sketch or feature")
-        if self.arch not in ("lean", "classic"):
-            problems.append(f"arch {self.arch!r} must be lean or classic")
-        if self.style_injection not in ("mul", "add", "adain"):
-            problems.append(f"style_injection {self.style_injection!r} must be mul, add or adain")
-        if self.size < 2 * self.content_res or self.size & (self.size - 1) or self.content_res & (self.content_res - 1):
-            problems.append(f"size {self.size} and content_res {self.content_res} must be powers of two, size >= 2x")
+        problems = self.model_config().problems()
         if self.cls_k < 2 or self.cls_every < 0 or self.cls_views < 1 or self.batch_size < 2:
             problems.append("cls_k and batch_size must be >= 2, cls_views >= 1, cls_every >= 0 (0: from cls_views)")
         if self.content_mi_form not in ("kl", "mse"):
@@ -256,9 +218,13 @@ class AEConfig:
 
     @classmethod
     def preset(cls, size: int, **overrides: Any) -> AEConfig:
+        return cls().with_size(size, **overrides)
+
+    def with_size(self, size: int, **overrides: Any) -> AEConfig:
+        """This config at another resolution preset (its widths), every other setting kept."""
         if size not in AE_PRESETS:
             raise S2IError(f"no AE preset for {size}px; presets: {sorted(AE_PRESETS)}")
-        return cls(size=size, **{**AE_PRESETS[size], **overrides})
+        return dataclasses.replace(self, size=size, **{**AE_PRESETS[size], **overrides})
 
 
 # G2 per AE size (lean layout): the bottleneck at 8-16 px, and the full-resolution width shrinking
@@ -335,3 +301,8 @@ class GANConfig:
             raise S2IError(f"no refiner preset for {size}px (presets: {sorted(GAN_PRESETS)}); set width and levels")
         preset = GAN_PRESETS[size]
         return dataclasses.replace(self, width=self.width or preset["width"], levels=self.levels or preset["levels"])
+
+    def model_config(self, size: int, style_dim: int) -> RefinerConfig:
+        """G2's settings for an auto-encoder of this image size and style vector size."""
+        cfg = self.for_size(size)
+        return RefinerConfig(**known_fields(RefinerConfig, to_dict(cfg)), style_dim=style_dim)

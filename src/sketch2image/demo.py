@@ -15,10 +15,11 @@ import torch
 from sketch2image.configs import AEConfig, GANConfig, TOMConfig
 from sketch2image.data.images import open_rgb, resize_square, to_tensor
 from sketch2image.data.openmoji import render_openmoji
-from sketch2image.pipeline import Sketch2Image, export_model, stitch
+from sketch2image.figures import save_grid
+from sketch2image.pipeline import Sketch2Image, stitch
 from sketch2image.sketcher import TOMSketcher, sketch_folder
+from sketch2image.storage import folder_kind
 from sketch2image.train.ae import train_ae
-from sketch2image.train.common import save_grid
 from sketch2image.train.gan import train_gan
 from sketch2image.train.tom import train_tom
 
@@ -102,7 +103,7 @@ def result_grid(model: Sketch2Image, data: Path, out: Path, n_styles: int = 5) -
 def run_demo(out: Path, *, fast: bool = False, size: int | None = None, progress: bool = True) -> Path:
     p = FAST if fast else DEMO
     if size is not None:
-        p = replace(p, size=size, tom=replace(p.tom, size=size), ae=AEConfig.preset(size, steps=p.ae.steps))
+        p = replace(p, size=size, tom=replace(p.tom, size=size), ae=p.ae.with_size(size))
     tag = "_fast" if fast else ""
     data = out / f"openmoji{p.size}{'_400' if p.limit else ''}"
     print(f"[1/6] rendering OpenMoji at {p.size}px -> {data}")
@@ -122,13 +123,9 @@ def run_demo(out: Path, *, fast: bool = False, size: int | None = None, progress
     train_gan(p.gan, ae, sketches / "manifest.json", gan, resume=True, progress=progress)
     model_dir = out / f"model{tag}"
     print(f"[6/6] exporting the model -> {model_dir} and drawing the result grid")
-    if not (model_dir / "sketch2image.json").is_file():
-        export_model(
-            model_dir,
-            ae_run=ae,
-            gan_run=gan,
-            tom_run=tom,
-            data=f"OpenMoji 17.0.0 ({'first 400 emojis' if p.limit else 'all'}), {p.size}px",
+    if folder_kind(model_dir) != "model":
+        Sketch2Image.from_runs(ae, gan, tom).save_pretrained(
+            model_dir, training_data=f"OpenMoji 17.0.0 ({'first 400 emojis' if p.limit else 'all'}), {p.size}px"
         )
     tom_figure(tom, data, out / f"tom_figure{tag}.png")
     return result_grid(Sketch2Image.from_pretrained(model_dir), data, out / f"demo_grid{tag}.png")

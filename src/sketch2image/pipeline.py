@@ -1,8 +1,9 @@
 """``Sketch2Image``: load a complete trained model in one call and use it.
 
-A model folder (made by ``s2i export``) holds ``sketch2image.json`` (format, version, what it
-was trained on), ``ae/`` (the auto-encoder), optionally ``refiner/`` (the EMA GAN refiner) and
-``tom/`` (TOM snapshots, needed for ``transfer``), and a ``README.md`` model card.
+A model folder (``Sketch2Image.save_pretrained``, which ``s2i export`` calls) holds
+``sketch2image.json`` (format, version, what it was trained on), ``ae/`` (the auto-encoder),
+optionally ``refiner/`` (the EMA GAN refiner) and ``tom/`` (TOM snapshots, needed for
+``transfer``), and a ``README.md`` model card.
 
 Inputs may be paths, PIL images or tensors. Sketches of any size and aspect are normalised:
 alpha composited on white, colour turned grey, white-on-black inverted, padded (not
@@ -11,11 +12,9 @@ stretched) to a square, resized to the model's size.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +28,16 @@ from sketch2image.errors import CheckpointError, InputError
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import Refiner
 from sketch2image.sketcher import TOMSketcher
-from sketch2image.train.ae import from_pretrained as load_ae
-from sketch2image.train.checkpoint import atomic_write_json
-from sketch2image.train.gan import load_refiner
+from sketch2image.storage import (
+    PIPELINE_FILE,
+    PIPELINE_FORMAT,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    folder_kind,
+    read_json,
+)
 
-MODEL_FORMAT = "sketch2image.model/1"
 ERRORS = ("raise", "skip")
 FITS = ("crop", "square", "original")
 log = logging.getLogger("sketch2image")
@@ -121,6 +125,7 @@ class Sketch2Image:
         device: str | torch.device = "cpu",
         stroke_width: float | None = None,
         noise: float = 0.0,
+        info: dict | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.ae = ae.to(self.device).eval().requires_grad_(False)
@@ -130,34 +135,92 @@ class Sketch2Image:
         # The line weight of the sketches the auto-encoder learnt from (model pixels); input strokes are
         # normalised to it. Recorded by `s2i export`; older model folders get the default for their size.
         self.stroke_width = stroke_width if stroke_width else default_stroke_width(self.size)
+        self.stroke_width_recorded = bool(stroke_width)
         # Scale of the refiner's learnt per-pixel noise at inference (StyleGAN's noise_mode): 0, the
         # default, draws none; 1 is as in training. On face photos the noise cost FID 103 → 230 (grain).
         self.noise = float(noise)
+        self.info = dict(info or {})  # what the model card records: training_data, metrics
 
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike, device: str | torch.device = "cpu", noise: float = 0.0
     ) -> Sketch2Image:
+        """A model folder written by ``save_pretrained`` (``s2i export``)."""
         directory = Path(directory)
-        info_path = directory / "sketch2image.json"
-        if not info_path.is_file():
+        if folder_kind(directory) != "model":
             raise CheckpointError(
-                f"{directory}: not a sketch2image model folder (no sketch2image.json; make one with `s2i export`)"
+                f"{directory}: not a sketch2image model folder (no {PIPELINE_FILE}; make one with `s2i export`)"
             )
-        try:
-            info = json.loads(info_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{info_path}: unreadable ({e})") from e
-        if info.get("format") != MODEL_FORMAT:
+        info_path = directory / PIPELINE_FILE
+        info = read_json(info_path, "model description")
+        if not isinstance(info, dict) or info.get("format") != PIPELINE_FORMAT:
+            found = info.get("format") if isinstance(info, dict) else None
             raise CheckpointError(
-                f"{info_path}: model format {info.get('format')!r}; this version ({__version__}) reads {MODEL_FORMAT!r}"
+                f"{info_path}: model format {found!r}; this version ({__version__}) reads {PIPELINE_FORMAT!r}"
             )
         if not (directory / "ae").is_dir():
             raise CheckpointError(f"{directory}: incomplete model folder (ae/ missing)")
-        ae = load_ae(directory / "ae", device)
-        refiner = load_refiner(directory / "refiner", device) if (directory / "refiner").is_dir() else None
+        ae = SketchAutoEncoder.from_pretrained(directory / "ae", device)
+        refiner = Refiner.from_pretrained(directory / "refiner", device) if (directory / "refiner").is_dir() else None
         tom = TOMSketcher.from_pretrained(directory / "tom", device=device) if (directory / "tom").is_dir() else None
-        return cls(ae, refiner, tom, device, stroke_width=info.get("stroke_width"), noise=noise)
+        info_fields = {"training_data": info.get("training_data", ""), "metrics": info.get("metrics") or {}}
+        return cls(ae, refiner, tom, device, stroke_width=info.get("stroke_width"), noise=noise, info=info_fields)
+
+    @classmethod
+    def from_runs(
+        cls,
+        ae: str | os.PathLike,
+        refiner: str | os.PathLike | None = None,
+        tom: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Sketch2Image:
+        """A model from the folders of its training runs (or their ``model/`` folders); the line weight of
+        the auto-encoder's training sketches comes from the manifest its ``run.json`` names."""
+        model = SketchAutoEncoder.from_pretrained(ae, device)
+        return cls(
+            model,
+            Refiner.from_pretrained(refiner, device) if refiner is not None else None,
+            TOMSketcher.from_pretrained(tom, device=device) if tom is not None else None,
+            device,
+            stroke_width=_training_stroke_width(Path(ae), model.cfg.size),
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", noise: float = 0.0) -> Sketch2Image:
+        """An exported model folder, or an auto-encoder alone (its run folder or ``model/``)."""
+        if folder_kind(path) == "model":
+            return cls.from_pretrained(path, device, noise)
+        return cls(SketchAutoEncoder.from_pretrained(path, device), device=device, noise=noise)
+
+    def save_pretrained(self, directory: str | os.PathLike, *, training_data: str | None = None,
+                        metrics: dict | None = None) -> Path:  # fmt: skip
+        """One shareable folder with a model card: what ``from_pretrained`` reads.
+
+        Written to a temporary folder and renamed, so a failed save leaves nothing; an existing folder
+        is never overwritten. ``training_data`` and ``metrics`` (name → text) go into the model card.
+        """
+        out = Path(directory)
+        if out.exists():
+            raise InputError(f"{out}: already exists; choose a new folder for the export")
+        info = {
+            "format": PIPELINE_FORMAT,
+            "version": __version__,
+            "size": self.size,
+            "training_data": self.info.get("training_data", "") if training_data is None else training_data,
+            "parts": {"ae": True, "refiner": self.refiner is not None, "tom": self.tom is not None},
+            "tom_snapshots": len(self.tom.names) if self.tom is not None else 0,
+            "stroke_width": self.stroke_width if self.stroke_width_recorded else None,
+            "metrics": self.info.get("metrics", {}) if metrics is None else metrics,
+        }
+        with atomic_dir(out, replace=False) as tmp:
+            self.ae.save_pretrained(tmp / "ae")
+            if self.refiner is not None:
+                self.refiner.save_pretrained(tmp / "refiner")
+            if self.tom is not None:
+                self.tom.save_pretrained(tmp / "tom")
+            atomic_write_json(tmp / PIPELINE_FILE, info)
+            atomic_write_text(tmp / "README.md", _model_card(info))
+        return out
 
     # --- core -----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -279,6 +342,33 @@ class Sketch2Image:
                 images[i] = img
         return self._finish(images, shapes, fit, errors)
 
+    def generate_pairs(
+        self,
+        sketches: Sequence[torch.Tensor | None],
+        styles: Sequence[torch.Tensor | None],
+        pairs: Sequence[tuple[int, int]],
+        *,
+        shapes: Sequence[tuple[int, int] | None] | None = None,
+        refine: bool = True,
+        fit: str = "crop",
+        seed: int | None = 0,
+        noise: float | None = None,
+        batch_size: int = 8,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Prepared inputs (``prepare_inputs``) painted for each (sketch index, style index) pair, ``batch_size``
+        at a time: yields (pair position, image) as each batch is done, so a caller can write them as they
+        come. Pairs with a skipped (None) input are left out. Output i's noise comes from ``seed + i``,
+        whatever the batch size; ``shapes`` (the sketches' own sizes) with ``fit`` as in ``generate``."""
+        good = [i for i, (a, b) in enumerate(pairs) if sketches[a] is not None and styles[b] is not None]
+        for start in range(0, len(good), max(1, batch_size)):
+            chunk = good[start : start + batch_size]
+            f = self.style_vectors(torch.stack([styles[pairs[i][1]] for i in chunk]))
+            out = self.decode(
+                torch.stack([sketches[pairs[i][0]] for i in chunk]), f, refine, _seeds(seed, chunk), noise
+            )
+            for i, img in zip(chunk, out, strict=True):
+                yield i, fit_output(img, shapes[pairs[i][0]] if shapes else None, fit)
+
     def mix(
         self,
         sketch: ImageLike,
@@ -386,66 +476,14 @@ def to_pil(images: torch.Tensor | Sequence[torch.Tensor]) -> list[Image.Image]:
     return out
 
 
-def export_model(
-    out: Path,
-    *,
-    ae_run: Path,
-    gan_run: Path | None = None,
-    tom_run: Path | None = None,
-    data: str = "",
-    metrics: dict | None = None,
-) -> Path:
-    """Copy the parts of a trained model into one shareable folder with a model card.
-
-    Written to a temporary folder and renamed, so a failed export leaves nothing behind.
-    """
-    out = Path(out)
-    if out.exists():
-        raise InputError(f"{out}: already exists; choose a new folder for the export")
-    ae = load_ae(ae_run)  # validates before anything is written
-    width = _training_stroke_width(Path(ae_run), ae.cfg.size)
-    refiner = load_refiner(gan_run) if gan_run is not None else None
-    tom = TOMSketcher.from_pretrained(tom_run) if tom_run is not None else None
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        from sketch2image.train.ae import save_pretrained
-        from sketch2image.train.gan import save_refiner
-
-        save_pretrained(ae, tmp / "ae")
-        if refiner is not None:
-            save_refiner(refiner, ae.cfg.style_dim, tmp / "refiner")
-        if tom is not None:
-            (tmp / "tom" / "snapshots").mkdir(parents=True)
-            shutil.copy2(Path(tom_run) / "config.json", tmp / "tom" / "config.json")
-            for f in sorted((Path(tom_run) / "snapshots").glob("snapshot_*.safetensors")):
-                shutil.copy2(f, tmp / "tom" / "snapshots" / f.name)
-        info = {
-            "format": MODEL_FORMAT,
-            "version": __version__,
-            "size": ae.cfg.size,
-            "training_data": data,
-            "parts": {"ae": True, "refiner": refiner is not None, "tom": tom is not None},
-            "tom_snapshots": len(tom.names) if tom is not None else 0,
-            "stroke_width": width,
-            "metrics": metrics or {},
-        }
-        atomic_write_json(tmp / "sketch2image.json", info)
-        (tmp / "README.md").write_text(_model_card(info))
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
 def _training_stroke_width(ae_run: Path, size: int) -> float | None:
     """The line weight of the AE's training sketches, from the manifest its run.json names (None if gone)."""
     from sketch2image.data.paired import training_stroke_width
 
     run = ae_run.parent if (ae_run / "model.safetensors").is_file() else ae_run  # a run folder or its model/
     try:
-        manifest = json.loads((run / "run.json").read_text())["data"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        manifest = read_json(run / "run.json", "run description")["data"]
+    except (CheckpointError, KeyError, TypeError):
         return None
     width = training_stroke_width(manifest, size)
     return round(width, 3) if width else None

@@ -15,62 +15,100 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sketch2image.configs import TOMConfig, from_dict, load_config
+from sketch2image.configs import TOMConfig
 from sketch2image.data.images import ImageFolder
 from sketch2image.data.ink import THRESHOLDS, InkReport, ink_fraction
 from sketch2image.errors import CheckpointError, S2IError
 from sketch2image.nets.tom import SketchGenerator, binarize
 from sketch2image.nets.vgg import VGGEncoder, load_vgg
-from sketch2image.train.checkpoint import (
+from sketch2image.storage import (
+    SKETCH_MANIFEST_FORMAT,
+    TOM_SNAPSHOT_FORMAT,
     atomic_write_json,
-    first_non_finite,
-    load_module,
-    load_safetensors,
-    safetensors_metadata,
+    check_format,
+    from_dict,
+    load_config,
+    load_tensors,
+    load_weights,
+    part_dir,
+    save_tensors,
+    tensors_metadata,
+    to_dict,
 )
 
-MANIFEST_FORMAT = "sketch2image.sketches/1"
 log = logging.getLogger("sketch2image")
+SNAPSHOT_DIR = "snapshots"
+
+
+def save_snapshot(folder: Path, index: int, step: int, g: torch.nn.Module, cfg: TOMConfig, variant: str) -> Path:
+    """One generator snapshot, ``snapshots/snapshot_XX.safetensors``, with its config in the header."""
+    meta = {
+        "format": TOM_SNAPSHOT_FORMAT,
+        "index": str(index),
+        "step": str(step),
+        "variant": variant,
+        "config": json.dumps(to_dict(cfg)),
+    }
+    path = Path(folder) / SNAPSHOT_DIR / f"snapshot_{index:02d}.safetensors"
+    save_tensors(g.state_dict(), path, metadata=meta)
+    return path
 
 
 class TOMSketcher(torch.nn.Module):
     """The K snapshot generators of a TOM run sharing one VGG encoder."""
 
-    def __init__(self, cfg: TOMConfig, generators: list[SketchGenerator], names: list[str], vgg: VGGEncoder) -> None:
+    def __init__(
+        self,
+        cfg: TOMConfig,
+        generators: list[SketchGenerator],
+        names: list[str],
+        vgg: VGGEncoder,
+        snapshot_info: list[dict[str, str]] | None = None,
+    ) -> None:
         super().__init__()
         self.cfg, self.names = cfg, names
         self.generators = torch.nn.ModuleList(generators)
         self.vgg = vgg
+        # Per snapshot: the training step it was taken at and the stroke variant it was pulled towards.
+        self.snapshot_info = snapshot_info or [{"step": "0", "variant": ""} for _ in generators]
         self.eval().requires_grad_(False)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """``config.json`` + ``snapshots/``: what ``from_pretrained`` reads (the VGG is named by the config)."""
+        directory = Path(directory)
+        for i, (g, info) in enumerate(zip(self.generators, self.snapshot_info, strict=True)):
+            save_snapshot(directory, i, int(info["step"]), g, self.cfg, info["variant"])
+        atomic_write_json(directory / "config.json", to_dict(self.cfg))
+        return directory
 
     @classmethod
     def from_pretrained(
-        cls, run_dir: str | Path, vgg: VGGEncoder | None = None, device: str | torch.device = "cpu"
+        cls, path: str | Path, vgg: VGGEncoder | None = None, device: str | torch.device = "cpu"
     ) -> TOMSketcher:
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise CheckpointError(f"{run_dir}: TOM run folder not found")
-        cfg = load_config(TOMConfig, run_dir / "config.json")
-        files = sorted((run_dir / "snapshots").glob("snapshot_*.safetensors"))
-        if not files:
+        """From a TOM run folder, a saved sketcher, or the ``tom/`` of an exported model."""
+        path = Path(path)
+        if path.is_dir() and (path / "config.json").is_file() and not (path / SNAPSHOT_DIR).exists():
+            cfg = load_config(TOMConfig, path / "config.json")
             raise CheckpointError(
-                f"{run_dir}: holds no generator snapshots yet (training stopped before its "
+                f"{path}: holds no generator snapshots yet (training stopped before its "
                 f"warm-up of {cfg.warmup} steps?); continue it with `s2i tom train --resume`"
             )
-        gens = []
+        folder = part_dir(path, "tom")
+        cfg = load_config(TOMConfig, folder / "config.json")
+        files = sorted((folder / SNAPSHOT_DIR).glob("snapshot_*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{folder / SNAPSHOT_DIR}: no snapshot_*.safetensors files")
+        gens, info = [], []
         for f in files:
-            meta = safetensors_metadata(f)
-            if meta.get("format") != "sketch2image.tom_snapshot/1":
-                raise CheckpointError(f"{f}: not a sketch2image TOM snapshot (format {meta.get('format')!r})")
+            meta = tensors_metadata(f)
+            check_format(f, meta.get("format"), (TOM_SNAPSHOT_FORMAT,), "TOM snapshot")
             snap_cfg = from_dict(TOMConfig, json.loads(meta["config"]), str(f))
             g = SketchGenerator(snap_cfg.feature_layer, snap_cfg.g_width, snap_cfg.g_max_width)
-            tensors = load_safetensors(f)
-            bad = first_non_finite(tensors.items())
-            if bad is not None:
-                raise CheckpointError(f"{f}: '{bad[0]}' holds NaN/inf values: this snapshot is from a diverged run")
-            load_module("g", g, {f"g.{k}": v for k, v in tensors.items()}, str(f))
+            load_weights(g, load_tensors(f), str(f), "snapshot weights")
             gens.append(g)
-        return cls(cfg, gens, [f.stem for f in files], vgg if vgg is not None else load_vgg(cfg.vgg)).to(device)
+            info.append({"step": meta.get("step", "0"), "variant": meta.get("variant", "")})
+        vgg = vgg if vgg is not None else load_vgg(cfg.vgg)
+        return cls(cfg, gens, [f.stem for f in files], vgg, info).to(device)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
@@ -172,7 +210,7 @@ def sketch_folder(
             p.unlink(missing_ok=True)
         raise
     manifest = {
-        "format": MANIFEST_FORMAT,
+        "format": SKETCH_MANIFEST_FORMAT,
         "tom_run": str(Path(run_dir).resolve()),
         "images_root": str(Path(dataset.root).resolve()),
         "size": size,

@@ -1,4 +1,4 @@
-"""The metric registry and ``evaluate``: one model, one held-out split, named metrics → a report.
+"""``evaluate``: one model, one held-out split, named metrics (``metrics/registry.py``) → a report.
 
 Two generation passes, each only when a requested metric needs it:
 
@@ -9,16 +9,13 @@ Two generation passes, each only when a requested metric needs it:
   image (perceptual distance, PSNR, SSIM, LPIPS).
 
 The model runs in eval mode (the exported refiner is the EMA copy) under a fixed seed, so a
-report is reproducible. Reference Inception features are cached on disk keyed by the sha256
-of the reference pixels, the image size, and the extractor's own checksum, never by a name.
+report is reproducible. Reference Inception features are cached (``metrics/reference.py``); the
+report's JSON and markdown are ``metrics/report.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,120 +26,11 @@ import torch
 from tqdm.auto import tqdm
 
 from sketch2image import __version__
-from sketch2image.errors import InputError, WeightsError
+from sketch2image.errors import InputError
 from sketch2image.metrics import functional as M
-
-REPORT_FORMAT = "sketch2image.eval/1"
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A registry entry. ``per_sample`` metrics map one batch to one value per sample."""
-
-    name: str
-    task: str  # "mismatched" or "paired"
-    better: str  # "lower" or "higher"
-    description: str
-    per_sample: Callable | None = None  # (ctx, out, sketch, style, target) -> (B,)
-
-
-REGISTRY: dict[str, Metric] = {}
-
-
-def register(metric: Metric) -> Metric:
-    if metric.name in REGISTRY:
-        raise ValueError(f"metric {metric.name!r} registered twice")
-    REGISTRY[metric.name] = metric
-    return metric
-
-
-def _sr(ctx, out, sketch, style, target):
-    return M.style_relevance(ctx.vgg, out, style)
-
-
-def _sty_rec(ctx, out, sketch, style, target):
-    return M.style_vector_similarity(ctx.model.ae.style_encoder, out, style)
-
-
-def _skt_rec(ctx, out, sketch, style, target):
-    return M.sketch_distance(ctx.tom, out, sketch)
-
-
-def _perceptual(ctx, out, sketch, style, target):
-    return M.vgg_perceptual_distance(ctx.vgg, out, target)
-
-
-def _psnr(ctx, out, sketch, style, target):
-    return M.psnr(out, target)
-
-
-def _ssim(ctx, out, sketch, style, target):
-    return M.ssim(out, target)
-
-
-def _lpips(ctx, out, sketch, style, target):
-    return ctx.lpips(out * 2 - 1, target * 2 - 1)
-
-
-for _m in [
-    Metric("fid", "mismatched", "lower", "Fréchet Inception distance, outputs vs real held-out images"),
-    Metric("kid", "mismatched", "lower", "kernel Inception distance (not ×1000), mean ± std over subsets of ≤ 1000"),
-    Metric("sr", "mismatched", "higher", "style relevance: cosine of VGG relu1_2/relu2_2 channel mean & std", _sr),
-    Metric("sty_rec", "mismatched", "higher", "cosine of E_style(style image) and E_style(output)", _sty_rec),
-    Metric(
-        "skt_rec",
-        "mismatched",
-        "lower",
-        "mean absolute difference: input sketch vs TOM's sketch of the output",
-        _skt_rec,
-    ),  # fmt: skip
-    Metric(
-        "vgg_perceptual", "paired", "lower", "VGG-19 perceptual distance to the real image (not LPIPS)", _perceptual
-    ),
-    Metric("psnr", "paired", "higher", "PSNR (dB) of the reconstruction", _psnr),
-    Metric("ssim", "paired", "higher", "SSIM of the reconstruction", _ssim),
-    Metric("lpips", "paired", "lower", "LPIPS (AlexNet); needs torchvision's AlexNet weights on disk", _lpips),
-]:
-    register(_m)
-
-DEFAULT_METRICS = ("fid", "kid", "sr", "sty_rec", "skt_rec", "vgg_perceptual", "psnr", "ssim")
-
-
-def parse_metrics(text: str | list[str] | tuple[str, ...]) -> list[str]:
-    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    if names == ["all"]:
-        return list(REGISTRY)
-    unknown = [n for n in names if n not in REGISTRY]
-    if unknown or not names:
-        raise InputError(f"unknown metric(s) {unknown or names}; choose from {', '.join(REGISTRY)} (or 'all')")
-    return list(dict.fromkeys(names))
-
-
-def _lpips_backbone_file() -> Path:
-    from torchvision.models import AlexNet_Weights
-
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(AlexNet_Weights.IMAGENET1K_V1.url)
-
-
-def load_lpips() -> torch.nn.Module:
-    """torchmetrics' LPIPS, only when torchvision's AlexNet weights are already on disk (no download)."""
-    file = _lpips_backbone_file()
-    if not file.is_file():
-        raise WeightsError(
-            f"{file}: LPIPS needs torchvision's ImageNet AlexNet weights, which are not on this machine and are "
-            "never downloaded at run time. Copy alexnet-owt-7be5be79.pth there (or set TORCH_HOME), "
-            "or use the metric vgg_perceptual instead"
-        )
-    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-    lp = LearnedPerceptualImagePatchSimilarity(net_type="alex", reduction="mean")
-    net = lp.net
-
-    def per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return net(a, b).flatten()
-
-    per_sample.net = net  # keep a reference for device moves
-    return per_sample
+from sketch2image.metrics.reference import reference_features
+from sketch2image.metrics.registry import DEFAULT_METRICS, REGISTRY, load_lpips, parse_metrics
+from sketch2image.metrics.report import REPORT_FORMAT, machine_description
 
 
 @lru_cache(maxsize=2)
@@ -206,45 +94,6 @@ def derangement(n: int, seed: int) -> torch.Tensor:
     out = torch.empty(n, dtype=torch.long)
     out[perm] = perm.roll(-offset)
     return out
-
-
-def _default_cache_dir() -> Path:
-    env = os.environ.get("S2I_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "sketch2image"
-
-
-def _features(ctx: EvalContext, images: torch.Tensor, batch_size: int, desc: str, progress: bool) -> torch.Tensor:
-    rows = []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
-        rows.append(ctx.inception(images[i : i + batch_size].to(ctx.device)).cpu())
-    return torch.cat(rows)
-
-
-def reference_features(
-    ctx: EvalContext, images: torch.Tensor, batch_size: int, cache_dir: Path | None, progress: bool
-) -> tuple[torch.Tensor, bool]:
-    """Inception features of the real images, cached by content hash. Returns (features, from cache)."""
-    from sketch2image.metrics.inception import PREPROCESS
-    from sketch2image.train.checkpoint import atomic_save_safetensors, load_safetensors, safetensors_metadata
-
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
-    h = hashlib.sha256()
-    h.update(json.dumps({"shape": list(pixels.shape), "extractor": ctx.inception.sha256, "prep": PREPROCESS}).encode())
-    h.update(pixels.numpy().tobytes())
-    key = h.hexdigest()
-    file = (cache_dir or _default_cache_dir()) / "fid_reference" / f"{key}.safetensors"
-    if file.is_file():
-        try:
-            if safetensors_metadata(file).get("key") == key:
-                return load_safetensors(file)["features"], True
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
-            pass
-    feats = _features(ctx, images, batch_size, "Inception (reference)", progress)
-    try:
-        atomic_save_safetensors({"features": feats.contiguous()}, file, {"key": key, "n": str(len(feats))})
-    except OSError:
-        pass  # a read-only cache only costs time
-    return feats, False
 
 
 def _summary(values: torch.Tensor) -> dict:
@@ -378,57 +227,4 @@ def load_held_out(
     return ids, x, s
 
 
-def machine_description() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
-
-
-def report_markdown(report: dict, title: str = "Evaluation") -> str:
-    lines = [
-        f"## {title}",
-        "",
-        f"{report['n_test']} held-out images at {report['size']} px, seed {report['seed']}, "
-        f"{'refined (EMA refiner)' if report['refine'] else 'auto-encoder output'}.",
-        "",
-        "| metric | value | better | samples | what it measures |",
-        "|---|---|---|---|---|",
-    ]
-    for name, r in report["metrics"].items():
-        value = _fmt(r["value"]) + (f" ± {_fmt(r['std'])}" if "std" in r else "")
-        n = f"{r['n_generated']} gen / {r['n_reference']} real" if "n_generated" in r else str(r.get("n", ""))
-        extra = f" (real images: {_fmt(r['real_images'])})" if "real_images" in r else ""
-        lines.append(f"| {name} | {value}{extra} | {r['better']} | {n} | {r['description']} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict, json_path: Path, md_path: Path | None = None, title: str = "Evaluation") -> None:
-    from sketch2image.train.checkpoint import atomic_write_json, atomic_write_text
-
-    atomic_write_json(Path(json_path), report)
-    if md_path is not None:
-        atomic_write_text(Path(md_path), report_markdown(report, title))
-
-
-__all__ = [
-    "DEFAULT_METRICS",
-    "REGISTRY",
-    "Metric",
-    "derangement",
-    "evaluate",
-    "parse_metrics",
-    "register",
-    "report_markdown",
-    "write_report",
-]
+__all__ = ["DEFAULT_METRICS", "REGISTRY", "EvalContext", "derangement", "evaluate", "held_out_dirs", "load_held_out"]

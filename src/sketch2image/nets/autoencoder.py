@@ -4,7 +4,7 @@ Data path: ``E_style(RGB) → f_style (512)``; ``E_content(sketch) → f_content
 its higher-resolution maps; ``G1`` upsamples ``f_content``, on each level injects the content
 (Feat-DMI: content maps as per-channel soft masks) and the style (channel-wise gate).
 
-Two layouts (``AEConfig.arch``) with the same interface and losses:
+Two layouts (``AutoEncoderConfig.arch``) with the same interface and losses:
 
 - ``lean`` (default): the parameters sit at low resolution. Encoders halve with one strided conv
   per level from the first layer on, decoder levels convolve *before* upsampling, residual blocks
@@ -17,12 +17,14 @@ Two layouts (``AEConfig.arch``) with the same interface and losses:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from sketch2image.configs import AEConfig
+from sketch2image.errors import S2IError
 from sketch2image.nets.blocks import (
     ConvBlock,
     DualMaskInjection,
@@ -33,20 +35,56 @@ from sketch2image.nets.blocks import (
     lean_up,
     run_block,
 )
+from sketch2image.storage import AE_FORMAT, AE_FORMATS_READ, Pretrained, from_dict, known_fields
 
 
-def channels(cfg: AEConfig, res: int) -> int:
+@dataclass
+class AutoEncoderConfig:
+    """The network's settings (what ``config.json`` of a saved auto-encoder holds); training settings
+    live in ``configs.AEConfig``, which has these same fields and more."""
+
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic"}  # files written before ``arch`` existed
+
+    size: int = 64
+    arch: str = "lean"  # lean | classic
+    width: int = 32  # channels at full resolution (doubling per halving, <= max_width)
+    max_width: int = 512
+    heavy_res: int = 8  # lean: residual blocks at this resolution and below
+    style_dim: int = 512
+    content_res: int = 8  # bottleneck resolution of the content map (paper: 512 x 8 x 8)
+    dmi: str = "feature"  # none | sketch | feature
+    style_injection: str = "mul"  # mul (simplified AdaIN) | add | adain
+    style_min_res: int = 8  # style is injected on decoder layers at this resolution and above
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.dmi not in ("none", "sketch", "feature"):
+            problems.append(f"dmi {self.dmi!r} must be none, sketch or feature")
+        if self.arch not in ("lean", "classic"):
+            problems.append(f"arch {self.arch!r} must be lean or classic")
+        if self.style_injection not in ("mul", "add", "adain"):
+            problems.append(f"style_injection {self.style_injection!r} must be mul, add or adain")
+        if self.size < 2 * self.content_res or self.size & (self.size - 1) or self.content_res & (self.content_res - 1):
+            problems.append(f"size {self.size} and content_res {self.content_res} must be powers of two, size >= 2x")
+        return problems
+
+    def validate(self) -> None:
+        if self.problems():
+            raise S2IError("invalid auto-encoder config: " + "; ".join(self.problems()))
+
+
+def channels(cfg: AutoEncoderConfig, res: int) -> int:
     """Channels at a given resolution: ``width`` at full size, doubling per halving, capped."""
     return min(cfg.max_width, cfg.width * (cfg.size // res))
 
 
-def resolutions(cfg: AEConfig) -> list[int]:
+def resolutions(cfg: AutoEncoderConfig) -> list[int]:
     """Feature resolutions from full size down to the content bottleneck."""
     n = int(math.log2(cfg.size // cfg.content_res))
     return [cfg.size // 2**i for i in range(n + 1)]
 
 
-def encoder_trunk(cfg: AEConfig, cin: int, res: list[int]) -> tuple[nn.Module, nn.ModuleList]:
+def encoder_trunk(cfg: AutoEncoderConfig, cin: int, res: list[int]) -> tuple[nn.Module, nn.ModuleList]:
     """(stem, downsampling blocks) from ``res[0]`` to ``res[-1]``; the lean stem is empty."""
     if cfg.arch == "classic":
         stem = ConvBlock(cin, channels(cfg, res[0]))
@@ -63,13 +101,13 @@ class ContentEncoder(nn.Module):
     Classic: maps from full size down to ``content_res``; lean: from half size down.
     """
 
-    def __init__(self, cfg: AEConfig) -> None:
+    def __init__(self, cfg: AutoEncoderConfig) -> None:
         super().__init__()
         res = resolutions(cfg)
         self.stem, self.down = encoder_trunk(cfg, 1, res)
         self.keep_stem = cfg.arch == "classic"  # lean: maps from half size down
         self.out = nn.Conv2d(channels(cfg, res[-1]), cfg.style_dim, 1)  # f_content has style_dim channels
-        self.ckpt = cfg.grad_checkpoint
+        self.ckpt = False  # recompute blocks in backward (SketchAutoEncoder.gradient_checkpointing)
 
     def forward(self, sketch: torch.Tensor) -> list[torch.Tensor]:
         h = run_block(self.stem, sketch, checkpoint=self.ckpt)
@@ -84,14 +122,14 @@ class ContentEncoder(nn.Module):
 class StyleEncoder(nn.Module):
     """RGB → style vector: a conv pyramid, global average pooling, a linear layer."""
 
-    def __init__(self, cfg: AEConfig) -> None:
+    def __init__(self, cfg: AutoEncoderConfig) -> None:
         super().__init__()
         res = resolutions(cfg)
         if cfg.arch == "classic" and res[-1] >= 8:
             res = res + [res[-1] // 2]  # one level deeper: style is global
         self.stem, self.down = encoder_trunk(cfg, 3, res)
         self.fc = nn.Linear(channels(cfg, res[-1]), cfg.style_dim)
-        self.ckpt = cfg.grad_checkpoint
+        self.ckpt = False  # recompute blocks in backward (SketchAutoEncoder.gradient_checkpointing)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h = run_block(self.stem, image, checkpoint=self.ckpt)
@@ -103,9 +141,10 @@ class StyleEncoder(nn.Module):
 class Decoder(nn.Module):
     """G1: ``f_content`` → RGB, with DMI content injection and style injection per level."""
 
-    def __init__(self, cfg: AEConfig) -> None:
+    def __init__(self, cfg: AutoEncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.ckpt = False
         res = resolutions(cfg)[::-1]  # bottleneck first
         if cfg.arch == "classic":
             self.inp = ConvBlock(cfg.style_dim, channels(cfg, res[0]))
@@ -139,7 +178,7 @@ class Decoder(nn.Module):
         h = self.inp(maps[0])
         for i in range(len(self.level_res)):
             if i > 0:
-                h = run_block(self.up[i - 1], h, checkpoint=self.cfg.grad_checkpoint)
+                h = run_block(self.up[i - 1], h, checkpoint=self.ckpt)
                 if self.cfg.dmi == "feature" and i < len(maps):
                     h = self.dmi[i](h, torch.sigmoid(maps[i]))
                 elif self.cfg.dmi != "none":  # the sketch itself (lean: no full-size content map)
@@ -149,10 +188,15 @@ class Decoder(nn.Module):
         return torch.tanh(self.to_rgb(h)) * 0.5 + 0.5
 
 
-class SketchAutoEncoder(nn.Module):
+class SketchAutoEncoder(Pretrained, nn.Module):
     """The three trainable parts together; ``forward(sketch, style_image)`` → image in [0, 1]."""
 
-    def __init__(self, cfg: AEConfig) -> None:
+    PART = "ae"
+    FORMAT = AE_FORMAT
+    FORMATS_READ = AE_FORMATS_READ
+    CONFIG = AutoEncoderConfig
+
+    def __init__(self, cfg: AutoEncoderConfig) -> None:
         super().__init__()
         cfg.validate()
         self.cfg = cfg
@@ -185,6 +229,19 @@ class SketchAutoEncoder(nn.Module):
             "f_org": self.style_encoder(original) if original is not None else None,
             "f_pos": self.content_encoder(other_sketch)[-1] if other_sketch is not None else None,
         }
+
+    @classmethod
+    def config_from_file(cls, data: dict, fmt: str, header: dict[str, str], source: str) -> AutoEncoderConfig:
+        if fmt != AE_FORMAT:  # format 1 saved the whole training config: its network fields are what count
+            data = known_fields(AutoEncoderConfig, data)
+        return from_dict(AutoEncoderConfig, data, source)
+
+    def gradient_checkpointing(self, on: bool = True) -> SketchAutoEncoder:
+        """Recompute blocks in backward instead of storing activations (less memory at 1024 px)."""
+        for m in self.modules():
+            if hasattr(m, "ckpt"):
+                m.ckpt = on
+        return self
 
     def parameter_counts(self) -> dict[str, int]:
         return {

@@ -4,7 +4,7 @@ G2 is a U-Net-style encoder–decoder from the frozen auto-encoder's output to t
 image. It also reads the style vector (a channel gate per decoder level, to recover style
 detail the AE missed) and per-pixel noise at every decoder level (for fine texture).
 
-``GANConfig.arch``: ``lean`` (default) halves with one strided conv from the first layer on, keeps a
+``RefinerConfig.arch``: ``lean`` (default) halves with one strided conv from the first layer on, keeps a
 residual block at the bottleneck, convolves before upsampling and adds the skip connections; the
 only full-resolution work is the last upsampling, noise, style gate and the RGB conv. ``classic``
 (the first implementation) runs two-conv blocks and concatenated skips at every level including
@@ -13,12 +13,41 @@ full size: about 15x the FLOPs at 1024 px.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from sketch2image.configs import GANConfig
+from sketch2image.errors import S2IError
 from sketch2image.nets.blocks import ConvBlock, StyleInjection, lean_down, lean_up, run_block
+from sketch2image.storage import REFINER_FORMAT, REFINER_FORMATS_READ, Pretrained, from_dict, known_fields
+
+
+@dataclass
+class RefinerConfig:
+    """G2's settings (what ``config.json`` of a saved refiner holds); ``configs.GANConfig`` has the training
+    settings and makes one of these for a given auto-encoder (``model_config``)."""
+
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic"}  # files written before ``arch`` existed
+
+    arch: str = "lean"  # lean | classic
+    width: int = 32  # channels at full resolution (doubling per halving, <= max_width)
+    max_width: int = 256
+    levels: int = 3  # encoder-decoder depth: the bottleneck is size / 2**levels
+    noise: bool = True  # per-pixel noise injected at every decoder level (learnt per-channel strength)
+    use_style: bool = True  # the AE's style vector gates G2's decoder channels
+    style_dim: int = 512  # the auto-encoder's style vector size
+
+    def validate(self) -> None:
+        problems = []
+        if self.arch not in ("lean", "classic"):
+            problems.append(f"arch {self.arch!r} must be lean or classic")
+        if self.width < 1 or self.levels < 1 or self.max_width < 1 or self.style_dim < 1:
+            problems.append("width, levels, max_width and style_dim must be >= 1")
+        if problems:
+            raise S2IError("invalid refiner config: " + "; ".join(problems))
 
 
 class NoiseInjection(nn.Module):
@@ -41,15 +70,20 @@ class NoiseInjection(nn.Module):
         return h + (scale * self.strength) * noise
 
 
-class Refiner(nn.Module):
+class Refiner(Pretrained, nn.Module):
     """G2: AE output (+ style vector, + noise) → refined image in [0, 1], as a residual on the AE output."""
 
-    def __init__(self, cfg: GANConfig, style_dim: int) -> None:
+    PART = "refiner"
+    FORMAT = REFINER_FORMAT
+    FORMATS_READ = REFINER_FORMATS_READ
+    CONFIG = RefinerConfig
+
+    def __init__(self, cfg: RefinerConfig) -> None:
         super().__init__()
         cfg.validate()
-        if not (cfg.width and cfg.levels):
-            raise ValueError("Refiner needs width and levels: use GANConfig.for_size(ae size) first")
         self.cfg = cfg
+        self.ckpt = False  # recompute blocks in backward (gradient_checkpointing)
+        style_dim = cfg.style_dim
         ch = [min(cfg.max_width, cfg.width * 2**i) for i in range(cfg.levels + 1)]  # ch[i] at 1/2**i
         if cfg.arch == "lean":  # skips at 1/2 ... 1/2**levels, added after each upsampling (none at full size)
             self.stem = nn.Identity()
@@ -77,6 +111,16 @@ class Refiner(nn.Module):
         nn.init.zeros_(self.to_rgb.weight)
         nn.init.zeros_(self.to_rgb.bias)
 
+    @classmethod
+    def config_from_file(cls, data: dict, fmt: str, header: dict[str, str], source: str) -> RefinerConfig:
+        if fmt != REFINER_FORMAT:  # format 1: the whole GANConfig, and the style size in the weights' header
+            data = {**known_fields(RefinerConfig, data), "style_dim": int(header.get("style_dim", 0))}
+        return from_dict(RefinerConfig, data, source)
+
+    def gradient_checkpointing(self, on: bool = True) -> Refiner:
+        self.ckpt = on
+        return self
+
     def _inject(self, i: int, h: torch.Tensor, style: torch.Tensor | None, generator, noise: float) -> torch.Tensor:
         if self.noise is not None and noise != 0:
             h = self.noise[i](h, generator, noise)
@@ -92,7 +136,7 @@ class Refiner(nn.Module):
         noise: float = 1.0,
     ) -> torch.Tensor:
         """``noise`` scales the per-pixel noise: 1 as in training, 0 none (no random numbers drawn)."""
-        ckpt = self.cfg.grad_checkpoint
+        ckpt = self.ckpt
         h = run_block(self.stem, x_ae, checkpoint=ckpt)
         skips = [] if self.fuse is None else [h]
         for block in self.down:
@@ -112,12 +156,12 @@ class Refiner(nn.Module):
 class PatchDiscriminator(nn.Module):
     """Strided spectral-norm convolutions to a map of real/fake logits, one per patch."""
 
-    def __init__(self, cfg: GANConfig) -> None:
+    def __init__(self, width: int = 32, n_layers: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = 3
-        for i in range(cfg.d_layers):
-            cout = min(cfg.d_width * 2**i, 512)
+        for i in range(n_layers):
+            cout = min(width * 2**i, 512)
             layers += [spectral_norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2, inplace=True)]
             cin = cout
         layers += [

@@ -7,7 +7,7 @@ by its weight. The classifier head works on a subset of ``cls_k`` images that is
 relabelled and re-initialised every round (long enough for each image to be seen ``cls_views``
 times); batches are drawn from that subset.
 
-Writes a run folder: ``config.json``, ``model/`` (save_pretrained), ``checkpoints/``,
+Writes a run folder: ``config.json``, ``model/`` (``SketchAutoEncoder.save_pretrained``), ``checkpoints/``,
 ``samples/``, ``log.jsonl``.
 """
 
@@ -21,47 +21,18 @@ from accelerate import Accelerator
 from torch import nn
 from torch.nn import functional as F
 
-from sketch2image.configs import AEConfig, load_config, to_dict
+from sketch2image.configs import AEConfig
 from sketch2image.data.augment import mask_regions, random_affine, thicken
 from sketch2image.data.paired import PairedData
-from sketch2image.errors import CheckpointError, S2IError
+from sketch2image.errors import S2IError
+from sketch2image.figures import save_grid
 from sketch2image.losses import content_triplet, style_triplet, uniform_kl, uniform_prediction_loss
 from sketch2image.nets.autoencoder import SketchAutoEncoder
+from sketch2image.storage import atomic_write_json
 from sketch2image.train import checkpoint as ckpt
-from sketch2image.train.common import (
-    adam,
-    make_accelerator,
-    prepare_run_dir,
-    run_steps,
-    save_grid,
-    seed_everything,
-    speed_up,
-)
+from sketch2image.train.common import adam, make_accelerator, prepare_run_dir, run_steps, seed_everything, speed_up
 from sketch2image.train.distributed import gather, local_rows
 from sketch2image.train.guard import FiniteGuard
-
-MODEL_FORMAT = "sketch2image.autoencoder/1"
-
-
-def save_pretrained(model: SketchAutoEncoder, directory: Path) -> Path:
-    """``config.json`` + ``model.safetensors``: everything needed to rebuild the model."""
-    directory = Path(directory)
-    ckpt.atomic_save_safetensors(model.state_dict(), directory / "model.safetensors", {"format": MODEL_FORMAT})
-    ckpt.atomic_write_json(directory / "config.json", to_dict(model.cfg))
-    return directory
-
-
-def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> SketchAutoEncoder:
-    directory = Path(directory)
-    if (directory / "model").is_dir() and not (directory / "model.safetensors").exists():
-        directory = directory / "model"  # a run folder
-    cfg = load_config(AEConfig, directory / "config.json")
-    weights = directory / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: auto-encoder weights missing")
-    model = SketchAutoEncoder(cfg)
-    ckpt.load_module("ae", model, {f"ae.{k}": v for k, v in ckpt.load_safetensors(weights).items()}, str(weights))
-    return model.to(device).eval()
 
 
 class AETrainer(ckpt.Checkpointed):
@@ -85,7 +56,8 @@ class AETrainer(ckpt.Checkpointed):
                     f"momentum classification needs cls_k >= batch_size; got {self.k} images per subset "
                     f"for batch {cfg.batch_size}"
                 )
-        model = speed_up(SketchAutoEncoder(cfg).to(accelerator.device), cfg, accelerator.device)
+        model = SketchAutoEncoder(cfg.model_config()).gradient_checkpointing(cfg.grad_checkpoint)
+        model = speed_up(model.to(accelerator.device), cfg, accelerator.device)
         head = nn.Linear(cfg.style_dim, self.k)
         opt = adam(model.parameters(), cfg.lr, (cfg.beta1, cfg.beta2))
         opt_head = adam(head.parameters(), cfg.lr * cfg.cls_lr_mult, (cfg.beta1, cfg.beta2))
@@ -266,7 +238,7 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
     data = PairedData.from_manifest(manifest, cfg.size, progress=progress and acc.is_main_process)
     if acc.is_main_process:
         prepare_run_dir(run_dir, cfg, resume)
-        ckpt.atomic_write_json(
+        atomic_write_json(
             run_dir / "run.json", {"data": str(Path(manifest).resolve()), "n_images": len(data), "k_sketches": data.k}
         )
     acc.wait_for_everyone()
@@ -290,7 +262,7 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
         desc="AE",
         step_fn=lambda step: trainer.step(data, step),
         sample_fn=lambda path: sample_grid(trainer, data, path),
-        save_model=lambda: save_pretrained(acc.unwrap_model(trainer.model), run_dir / "model"),
+        save_model=lambda: acc.unwrap_model(trainer.model).save_pretrained(run_dir / "model"),
         progress=progress,
         tensorboard=tb,
     )

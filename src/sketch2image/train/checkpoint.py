@@ -9,82 +9,27 @@ the previous checkpoint intact. Nothing is pickled.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import shutil
-import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sketch2image.errors import CheckpointError
-
-FORMAT = "sketch2image.checkpoint/1"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def first_non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, torch.Tensor] | None:
-    """The first floating-point tensor holding NaN/inf, as (name, tensor), or None."""
-    for name, t in tensors:
-        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return name, t
-    return None
-
-
-def refuse_non_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Weights holding NaN/inf are never written: a diverged run must not leave a loadable model behind."""
-    bad = first_non_finite(tensors.items())
-    if bad is not None:
-        raise CheckpointError(f"refusing to write {path}: '{bad[0]}' holds non-finite values (the run diverged)")
-
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
-    refuse_non_finite(tensors, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
-
-
-def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The header metadata of a safetensors file, without reading the tensors."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
+from sketch2image.storage import (
+    CHECKPOINT_FORMAT,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    load_tensors,
+    load_weights,
+    read_json,
+    refuse_non_finite,
+    save_tensors,
+)
 
 
 def module_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
@@ -93,11 +38,7 @@ def module_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_module(prefix: str, module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-    try:
-        module.load_state_dict(sub, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{source}: weights for '{prefix}' do not fit this model ({first})") from e
+    load_weights(module, sub, source, f"weights for '{prefix}'")
 
 
 def optimizer_state(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -175,17 +116,9 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{step:07d}"
     refuse_non_finite(tensors, final)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:07d}."))
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
-        (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "step": step, **meta}, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with atomic_dir(final) as tmp:
+        save_tensors(tensors, tmp / "state.safetensors")
+        atomic_write_json(tmp / "meta.json", {"format": CHECKPOINT_FORMAT, "step": step, **meta})
     atomic_write_text(root / "latest", final.name + "\n")
     done = sorted(p for p in root.glob("step_*") if p.is_dir())
     for old in done[: max(0, len(done) - max(keep, 1))]:
@@ -205,13 +138,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path / 'meta.json'}: unreadable checkpoint metadata ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, this version reads {FORMAT!r}")
-    return load_safetensors(path / "state.safetensors"), meta
+    meta = read_json(path / "meta.json", "checkpoint metadata")
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path}: checkpoint format {found!r}, this version reads {CHECKPOINT_FORMAT!r}")
+    return load_tensors(path / "state.safetensors"), meta
 
 
 def training_state(

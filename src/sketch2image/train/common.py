@@ -1,4 +1,4 @@
-"""Pieces every stage's training loop shares: run folders, logs, sample grids, seeding."""
+"""Pieces every stage's training loop shares: run folders, logs, seeding, the one step loop."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from torchvision.utils import make_grid, save_image
 
-from sketch2image.configs import from_dict, to_dict
 from sketch2image.errors import S2IError
-from sketch2image.train.checkpoint import atomic_write_json
+from sketch2image.storage import atomic_write_json, from_dict, to_dict
+from sketch2image.train import checkpoint as ckpt
 
 
 def seed_everything(seed: int) -> None:
@@ -35,24 +34,6 @@ class JsonlLog:
         record.setdefault("time", round(time.time(), 3))
         with self.path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
-
-
-def save_grid(path: Path, rows: list[torch.Tensor], pad: int = 2) -> Path:
-    """Save rows of equally sized images (each (N, C, H, W) in [0, 1]) as one PNG grid."""
-    rows = [r.detach().float().cpu().clamp(0, 1) for r in rows]
-    rows = [r.expand(-1, 3, -1, -1) if r.shape[1] == 1 else r for r in rows]
-    n = max(r.shape[0] for r in rows)
-    tiles = []
-    for r in rows:
-        if r.shape[0] < n:
-            r = torch.cat([r, torch.ones(n - r.shape[0], *r.shape[1:])])
-        tiles.append(r)
-    grid = make_grid(torch.cat(tiles), nrow=n, padding=pad, pad_value=1.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    save_image(grid, tmp)
-    tmp.replace(path)
-    return path
 
 
 # How a run is executed, not what it computes: these may change when a run is resumed (another
@@ -144,18 +125,18 @@ def run_steps(
     desc: str,
     step_fn,
     sample_fn,
-    save_model,
+    save_model=None,
+    after_step=None,
     progress: bool = True,
     tensorboard=None,
 ) -> None:
-    """The loop the AE and GAN stages share: step, log, sample grid, checkpoint + model folder.
+    """The loop of every stage: step, log, hooks, sample grid, checkpoint (+ model folder).
 
-    ``step_fn(step) -> losses``; ``sample_fn(path)`` draws a grid; ``save_model()`` writes ``model/``.
-    Logging, grids and files happen on the main process only.
+    ``step_fn(step) -> losses``; ``after_step(step)`` runs on every rank after each step (TOM's
+    snapshots); ``sample_fn(path)`` draws a grid; ``save_model()`` writes ``model/`` with each
+    checkpoint. Logging, grids and files happen on the main process only.
     """
     from tqdm.auto import tqdm
-
-    from sketch2image.train import checkpoint as ckpt
 
     logger = JsonlLog(run_dir / "log.jsonl", acc.is_main_process)
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (progress and acc.is_main_process))
@@ -169,6 +150,8 @@ def run_steps(
                 if tensorboard is not None:
                     for k, v in losses.items():
                         tensorboard.add_scalar(f"{desc.lower()}/{k}", v, step)
+            if after_step is not None:
+                after_step(step)
             if acc.is_main_process and (step % cfg.sample_every == 0 or step == cfg.steps):
                 sample_fn(run_dir / "samples" / f"step_{step:07d}.png")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -176,7 +159,8 @@ def run_steps(
                 trainer.guard.check_weights(tensors)  # nothing is written from non-finite weights
                 if acc.is_main_process:
                     ckpt.save_checkpoint(run_dir, step, tensors, {**meta, "config": to_dict(cfg)}, cfg.keep_checkpoints)
-                    save_model()
+                    if save_model is not None:
+                        save_model()
     finally:
         bar.close()
     acc.wait_for_everyone()

@@ -17,55 +17,25 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from sketch2image.configs import GANConfig, load_config, to_dict
+from sketch2image.configs import GANConfig
 from sketch2image.data.paired import PairedData
-from sketch2image.errors import CheckpointError
+from sketch2image.figures import save_grid
 from sketch2image.losses import d_loss, g_adv_loss, refiner_rec
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import PatchDiscriminator, Refiner, ema_decay_at, ema_update
+from sketch2image.storage import atomic_write_json
 from sketch2image.train import checkpoint as ckpt
-from sketch2image.train.ae import from_pretrained as load_ae
 from sketch2image.train.common import (
     adam,
     discriminator_step,
     make_accelerator,
     prepare_run_dir,
     run_steps,
-    save_grid,
     seed_everything,
     speed_up,
 )
 from sketch2image.train.distributed import local_rows, rank_seed
 from sketch2image.train.guard import FiniteGuard
-
-MODEL_FORMAT = "sketch2image.refiner/1"
-
-
-def save_refiner(refiner: Refiner, style_dim: int, directory: Path) -> Path:
-    directory = Path(directory)
-    ckpt.atomic_save_safetensors(
-        refiner.state_dict(), directory / "refiner.safetensors", {"format": MODEL_FORMAT, "style_dim": str(style_dim)}
-    )
-    ckpt.atomic_write_json(directory / "config.json", to_dict(refiner.cfg))
-    return directory
-
-
-def load_refiner(directory: str | Path, device: str | torch.device = "cpu") -> Refiner:
-    """The EMA refiner of a GAN run (or of its ``model/`` folder), in eval mode."""
-    directory = Path(directory)
-    if (directory / "model").is_dir() and not (directory / "refiner.safetensors").exists():
-        directory = directory / "model"
-    cfg = load_config(GANConfig, directory / "config.json")
-    weights = directory / "refiner.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: refiner weights missing")
-    meta = ckpt.safetensors_metadata(weights)
-    if meta.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{weights}: not a sketch2image refiner (format {meta.get('format')!r})")
-    model = Refiner(cfg, int(meta["style_dim"]))
-    tensors = {f"g.{k}": v for k, v in ckpt.load_safetensors(weights).items()}
-    ckpt.load_module("g", model, tensors, str(weights))
-    return model.to(device).eval()
 
 
 class GANTrainer(ckpt.Checkpointed):
@@ -77,7 +47,8 @@ class GANTrainer(ckpt.Checkpointed):
         self.cfg, self.acc = cfg, accelerator
         self.guard = FiniteGuard("GAN", accelerator, run_dir)
         self.ae = ae.to(accelerator.device).eval().requires_grad_(False)
-        g, d = Refiner(cfg, ae.cfg.style_dim), PatchDiscriminator(cfg)
+        g = Refiner(cfg.model_config(ae.cfg.size, ae.cfg.style_dim)).gradient_checkpointing(cfg.grad_checkpoint)
+        d = PatchDiscriminator(cfg.d_width, cfg.d_layers)
         self.g_ema = copy.deepcopy(g).to(accelerator.device).eval().requires_grad_(False)
         g, d = (speed_up(m.to(accelerator.device), cfg, accelerator.device) for m in (g, d))
         opt_g = adam(g.parameters(), cfg.lr_g, (cfg.beta1, cfg.beta2))
@@ -151,12 +122,12 @@ def train_gan(
     cfg.validate()
     run_dir = Path(run_dir)
     acc = make_accelerator(cfg.mixed_precision)
-    ae = load_ae(ae_run, acc.device)
+    ae = SketchAutoEncoder.from_pretrained(ae_run, acc.device)
     cfg = cfg.for_size(ae.cfg.size)  # the run's config.json records the widths actually used
     data = PairedData.from_manifest(manifest, ae.cfg.size, progress=progress and acc.is_main_process)
     if acc.is_main_process:
         prepare_run_dir(run_dir, cfg, resume)
-        ckpt.atomic_write_json(
+        atomic_write_json(
             run_dir / "run.json",
             {"ae": str(Path(ae_run).resolve()), "data": str(Path(manifest).resolve()), "n_images": len(data)},
         )
@@ -181,7 +152,7 @@ def train_gan(
         desc="GAN",
         step_fn=lambda step: trainer.step(data, step),
         sample_fn=lambda path: sample_grid(trainer, data, path),
-        save_model=lambda: save_refiner(trainer.g_ema, ae.cfg.style_dim, run_dir / "model"),
+        save_model=lambda: trainer.g_ema.save_pretrained(run_dir / "model"),
         progress=progress,
     )
     return run_dir

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from sketch2image.errors import S2IError
-from sketch2image.train.checkpoint import first_non_finite
+from sketch2image.storage import first_non_finite
 
 MAX_CONSECUTIVE_SKIPS = 25
 

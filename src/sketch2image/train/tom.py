@@ -12,7 +12,6 @@ Reads an image folder and a folder of real sketches; writes a run folder:
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -22,22 +21,23 @@ import torch
 from accelerate import Accelerator
 from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
-from tqdm.auto import tqdm
 
-from sketch2image.configs import TOMConfig, to_dict
+from sketch2image.configs import TOMConfig
 from sketch2image.data.images import ImageFolder, to_grey
 from sketch2image.errors import InputError
+from sketch2image.figures import save_grid
 from sketch2image.losses import adain, d_loss, g_adv_loss, gram, mean_std
 from sketch2image.nets.tom import GramDiscriminator, SketchGenerator, count_parameters
 from sketch2image.nets.vgg import VGGEncoder, load_vgg
+from sketch2image.sketcher import save_snapshot
+from sketch2image.storage import atomic_write_json
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.common import (
-    JsonlLog,
     adam,
     discriminator_step,
     make_accelerator,
     prepare_run_dir,
-    save_grid,
+    run_steps,
     seed_everything,
     speed_up,
 )
@@ -45,8 +45,6 @@ from sketch2image.train.distributed import local_rows
 from sketch2image.train.guard import FiniteGuard
 
 log = logging.getLogger("sketch2image")
-
-SNAPSHOT_DIR = "snapshots"
 
 
 def stroke_variants(sketches: torch.Tensor, enabled: bool) -> dict[str, torch.Tensor]:
@@ -215,19 +213,6 @@ class TOMTrainer(ckpt.Checkpointed):
         return {"g": self.g, "d": self.d}, {"opt_g": self.opt_g, "opt_d": self.opt_d}, {"gen": self.gen}
 
 
-def save_snapshot(run_dir: Path, index: int, step: int, g: torch.nn.Module, cfg: TOMConfig, variant: str) -> Path:
-    meta = {
-        "format": "sketch2image.tom_snapshot/1",
-        "index": str(index),
-        "step": str(step),
-        "variant": variant,
-        "config": json.dumps(to_dict(cfg)),
-    }
-    path = Path(run_dir) / SNAPSHOT_DIR / f"snapshot_{index:02d}.safetensors"
-    ckpt.atomic_save_safetensors(g.state_dict(), path, metadata=meta)
-    return path
-
-
 def train_tom(
     cfg: TOMConfig, images: Path, sketches: Path, run_dir: Path, *, resume: bool = True, progress: bool = True
 ) -> Path:
@@ -241,16 +226,14 @@ def train_tom(
         raise InputError(f"{sketches}: TOM needs at least 2 real sketches, found {len(real)}")
     if acc.is_main_process:
         prepare_run_dir(run_dir, cfg, resume)
-        (run_dir / "run.json").write_text(
-            json.dumps(
-                {
-                    "images": str(Path(images).resolve()),
-                    "sketches": str(Path(sketches).resolve()),
-                    "n_images": len(dataset),
-                    "n_sketches": len(real),
-                },
-                indent=2,
-            )
+        atomic_write_json(
+            run_dir / "run.json",
+            {
+                "images": str(Path(images).resolve()),
+                "sketches": str(Path(sketches).resolve()),
+                "n_images": len(dataset),
+                "n_sketches": len(real),
+            },
         )
     acc.wait_for_everyone()
     seed_everything(cfg.seed)
@@ -280,35 +263,31 @@ def train_tom(
     )
     spread = torch.linspace(0, len(dataset) - 1, min(8, len(dataset))).long().tolist()  # a varied sample set
     fixed = torch.stack([dataset[i]["image"] for i in spread]).to(acc.device)
-    logger = JsonlLog(run_dir / "log.jsonl", acc.is_main_process)
     snap_steps = cfg.snapshot_steps()
-    bar = tqdm(total=cfg.steps, initial=start, desc="TOM", disable=not (progress and acc.is_main_process))
-    step = start
-    try:  # the bar ends its line before any error is printed
-        for batch in loader:
-            losses = trainer.step(batch["image"].to(acc.device, non_blocking=True), step + 1)
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
-                logger.write(step=step, **losses)
-            if step in snap_steps:
-                trainer.guard.check_weights(acc.unwrap_model(trainer.g).state_dict())
-            if acc.is_main_process:
-                if step in snap_steps:
-                    k = snap_steps.index(step)
-                    variant = stats.variant[int(target_pool(step, cfg, stats)[0])]
-                    save_snapshot(run_dir, k, step, acc.unwrap_model(trainer.g), cfg, variant)
-                if step % cfg.sample_every == 0 or step == cfg.steps:
-                    save_grid(run_dir / "samples" / f"step_{step:07d}.png", [fixed, trainer.sketch(fixed)])
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                tensors, meta = trainer.state()
-                trainer.guard.check_weights(tensors)
-                if acc.is_main_process:
-                    ckpt.save_checkpoint(run_dir, step, tensors, {**meta, "config": to_dict(cfg)}, cfg.keep_checkpoints)
-            if step >= cfg.steps:
-                break
-    finally:
-        bar.close()
-    acc.wait_for_everyone()
+    batch_iter = iter(loader)
+
+    def step_fn(step: int) -> dict[str, float]:
+        return trainer.step(next(batch_iter)["image"].to(acc.device, non_blocking=True), step)
+
+    def after_step(step: int) -> None:
+        if step not in snap_steps:
+            return
+        g = acc.unwrap_model(trainer.g)
+        trainer.guard.check_weights(g.state_dict())  # on every rank: a diverged G stops them all
+        if acc.is_main_process:
+            variant = stats.variant[int(target_pool(step, cfg, stats)[0])]
+            save_snapshot(run_dir, snap_steps.index(step), step, g, cfg, variant)
+
+    run_steps(
+        acc,
+        trainer,
+        cfg,
+        run_dir,
+        start,
+        desc="TOM",
+        step_fn=step_fn,
+        sample_fn=lambda path: save_grid(path, [fixed, trainer.sketch(fixed)]),
+        after_step=after_step,
+        progress=progress,
+    )
     return run_dir

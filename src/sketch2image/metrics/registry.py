@@ -1,0 +1,127 @@
+"""The metric registry: every metric's name, task, direction and per-sample function.
+
+``task`` says which generation pass a metric needs (``metrics/evaluate.py``): ``mismatched`` (each
+sketch painted in another image's style) or ``paired`` (painted with its own image, compared with it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sketch2image.errors import InputError, WeightsError
+from sketch2image.metrics import functional as M
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registry entry. ``per_sample`` metrics map one batch to one value per sample."""
+
+    name: str
+    task: str  # "mismatched" or "paired"
+    better: str  # "lower" or "higher"
+    description: str
+    per_sample: Callable | None = None  # (ctx, out, sketch, style, target) -> (B,)
+
+
+REGISTRY: dict[str, Metric] = {}
+
+
+def register(metric: Metric) -> Metric:
+    if metric.name in REGISTRY:
+        raise ValueError(f"metric {metric.name!r} registered twice")
+    REGISTRY[metric.name] = metric
+    return metric
+
+
+def _sr(ctx, out, sketch, style, target):
+    return M.style_relevance(ctx.vgg, out, style)
+
+
+def _sty_rec(ctx, out, sketch, style, target):
+    return M.style_vector_similarity(ctx.model.ae.style_encoder, out, style)
+
+
+def _skt_rec(ctx, out, sketch, style, target):
+    return M.sketch_distance(ctx.tom, out, sketch)
+
+
+def _perceptual(ctx, out, sketch, style, target):
+    return M.vgg_perceptual_distance(ctx.vgg, out, target)
+
+
+def _psnr(ctx, out, sketch, style, target):
+    return M.psnr(out, target)
+
+
+def _ssim(ctx, out, sketch, style, target):
+    return M.ssim(out, target)
+
+
+def _lpips(ctx, out, sketch, style, target):
+    return ctx.lpips(out * 2 - 1, target * 2 - 1)
+
+
+for _m in [
+    Metric("fid", "mismatched", "lower", "Fréchet Inception distance, outputs vs real held-out images"),
+    Metric("kid", "mismatched", "lower", "kernel Inception distance (not ×1000), mean ± std over subsets of ≤ 1000"),
+    Metric("sr", "mismatched", "higher", "style relevance: cosine of VGG relu1_2/relu2_2 channel mean & std", _sr),
+    Metric("sty_rec", "mismatched", "higher", "cosine of E_style(style image) and E_style(output)", _sty_rec),
+    Metric(
+        "skt_rec",
+        "mismatched",
+        "lower",
+        "mean absolute difference: input sketch vs TOM's sketch of the output",
+        _skt_rec,
+    ),  # fmt: skip
+    Metric(
+        "vgg_perceptual", "paired", "lower", "VGG-19 perceptual distance to the real image (not LPIPS)", _perceptual
+    ),
+    Metric("psnr", "paired", "higher", "PSNR (dB) of the reconstruction", _psnr),
+    Metric("ssim", "paired", "higher", "SSIM of the reconstruction", _ssim),
+    Metric("lpips", "paired", "lower", "LPIPS (AlexNet); needs torchvision's AlexNet weights on disk", _lpips),
+]:
+    register(_m)
+
+DEFAULT_METRICS = ("fid", "kid", "sr", "sty_rec", "skt_rec", "vgg_perceptual", "psnr", "ssim")
+
+
+def parse_metrics(text: str | list[str] | tuple[str, ...]) -> list[str]:
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if names == ["all"]:
+        return list(REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown or not names:
+        raise InputError(f"unknown metric(s) {unknown or names}; choose from {', '.join(REGISTRY)} (or 'all')")
+    return list(dict.fromkeys(names))
+
+
+def _lpips_backbone_file() -> Path:
+    from torchvision.models import AlexNet_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(AlexNet_Weights.IMAGENET1K_V1.url)
+
+
+def load_lpips() -> torch.nn.Module:
+    """torchmetrics' LPIPS, only when torchvision's AlexNet weights are already on disk (no download)."""
+    file = _lpips_backbone_file()
+    if not file.is_file():
+        raise WeightsError(
+            f"{file}: LPIPS needs torchvision's ImageNet AlexNet weights, which are not on this machine and are "
+            "never downloaded at run time. Copy alexnet-owt-7be5be79.pth there (or set TORCH_HOME), "
+            "or use the metric vgg_perceptual instead"
+        )
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    lp = LearnedPerceptualImagePatchSimilarity(net_type="alex", reduction="mean")
+    net = lp.net
+
+    def per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return net(a, b).flatten()
+
+    per_sample.net = net  # keep a reference for device moves
+    return per_sample
