@@ -282,6 +282,28 @@ def test_paired_data_reports_missing_sketches(tmp_path, paired_manifest, caplog)
         PairedData.from_manifest(tmp_path / "nope.json", 32)
 
 
+def test_paired_data_loads_at_the_size_the_manifest_records(paired_manifest, caplog):
+    with pytest.raises(InputError, match="records no sketch size"):
+        PairedData.from_manifest(paired_manifest, progress=False)
+    data = json.loads(paired_manifest.read_text())
+    paired_manifest.write_text(json.dumps({**data, "size": 16}))
+    assert PairedData.from_manifest(paired_manifest, progress=False).images.shape[-1] == 16
+    with caplog.at_level(logging.WARNING, logger="sketch2image"):
+        assert PairedData.from_manifest(paired_manifest, 32, progress=False).sketches.shape[-1] == 32
+    assert any("drawn at 16 px are resized to 32 px" in r.message for r in caplog.records)
+
+
+def test_cli_ae_preset_defaults_to_the_manifest_size(tmp_path, paired_manifest):
+    from sketch2image.cli import main
+
+    data = json.loads(paired_manifest.read_text())
+    paired_manifest.write_text(json.dumps({**data, "size": 32}))
+    assert main(["ae", "train", "--data", str(paired_manifest), "--out", str(tmp_path / "ae"), "--steps", "1",
+                 "--set", "width=8", "--set", "max_width=32", "--set", "style_dim=16", "--set", "cls_k=4",
+                 "--batch-size", "4"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "ae" / "config.json").read_text())["size"] == 32
+
+
 def test_train_resume_and_load(tmp_path, paired_manifest):
     manifest = paired_manifest
     run = tmp_path / "run"

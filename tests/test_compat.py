@@ -9,8 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sketch2image.nets.autoencoder import SketchAutoEncoder
+from sketch2image.nets.refiner import Refiner
 from sketch2image.pipeline import Sketch2Image
 from sketch2image.sketcher import TOMSketcher
+from sketch2image.storage import AE_FORMAT, REFINER_FORMAT, tensors_metadata
 
 OLD = Path(__file__).parent / "fixtures" / "release_0_1_0"
 
@@ -42,3 +45,26 @@ def test_old_exported_model_gives_the_recorded_outputs(expected):
 def test_old_tom_run_folder_loads(expected):
     _, styles = _inputs()
     torch.testing.assert_close(TOMSketcher.from_pretrained(OLD / "tom_run")(styles), expected["tom"])
+
+
+def test_old_run_folders_load_part_by_part(expected):
+    sketches, styles = _inputs()
+    model = Sketch2Image(
+        SketchAutoEncoder.from_pretrained(OLD / "ae_run"),
+        Refiner.from_pretrained(OLD / "gan_run"),
+        TOMSketcher.from_pretrained(OLD / "tom_run"),
+    )
+    f = model.style_vectors(styles)
+    torch.testing.assert_close(model.decode(sketches, f, refine=False), expected["ae"])
+    torch.testing.assert_close(model.decode(sketches, f, refine=True), expected["refined"])
+
+
+def test_an_old_model_saved_again_is_in_the_current_format_and_unchanged(expected, tmp_path):
+    sketches, styles = _inputs()
+    new = Sketch2Image.from_pretrained(OLD / "model").save_pretrained(tmp_path / "model")
+    assert tensors_metadata(new / "ae" / "model.safetensors")["format"] == AE_FORMAT
+    assert tensors_metadata(new / "refiner" / "refiner.safetensors")["format"] == REFINER_FORMAT
+    model = Sketch2Image.from_pretrained(new)
+    torch.testing.assert_close(model.decode(sketches, model.style_vectors(styles), refine=True), expected["refined"])
+    torch.testing.assert_close(model.tom(styles), expected["tom"])
+    assert "release 0.1.0 fixture" in (new / "README.md").read_text()  # the model card's record is kept

@@ -104,6 +104,7 @@ def test_ema_update_math():
 
 def test_trainer_updates_g_and_d_and_keeps_ae_frozen(ae_run, paired_manifest):
     from sketch2image.data.paired import PairedData
+
     ae = SketchAutoEncoder.from_pretrained(ae_run)
     ae_before = {k: v.clone() for k, v in ae.state_dict().items()}
     trainer = GANTrainer(tiny_gan(ema_decay=0.5), ae, Accelerator(cpu=True))

@@ -188,3 +188,15 @@ def test_demo_result_grid(model_dir, tmp_path):
     # rows: header, 4 line-art, 2 TOM, mixing, transfer, its content images = 10;
     # columns: the mixing row is widest (reference + stitched + 3 vector weights) = 5
     assert grid.size == (5 * cell + 2, 10 * cell + 2)
+
+
+def test_demo_size_keeps_the_preset_settings():
+    from sketch2image.configs import AE_PRESETS
+    from sketch2image.demo import FAST, demo_preset
+
+    p = demo_preset(fast=True, size=128)
+    assert p.size == p.tom.size == p.ae.size == 128 and p.ae.width == AE_PRESETS[128]["width"]
+    # The fast preset's own settings stay (before: the AE went back to the 1000-step defaults).
+    assert (p.ae.steps, p.ae.batch_size, p.ae.cls_k, p.ae.cls_every) == (FAST.ae.steps, 8, 64, 40)
+    assert p.tom.steps == FAST.tom.steps and p.gan == FAST.gan
+    assert demo_preset(fast=True) is FAST

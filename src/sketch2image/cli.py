@@ -68,10 +68,16 @@ def _cmd_tom_sketch(args: argparse.Namespace) -> None:
 
 
 def _cmd_ae_train(args: argparse.Namespace) -> None:
-    from sketch2image.configs import AEConfig
+    from sketch2image.configs import AE_PRESETS, AEConfig
+    from sketch2image.data.paired import manifest_size
     from sketch2image.train.ae import train_ae
 
-    run = train_ae(_config(args, AEConfig.preset(args.preset)), Path(args.data), Path(args.out), resume=args.resume)
+    if args.preset is not None:
+        base = AEConfig.preset(args.preset)
+    else:  # the size the sketches were drawn at, with its preset's widths where there is one
+        size = manifest_size(Path(args.data)) or 64
+        base = AEConfig.preset(size) if size in AE_PRESETS else AEConfig(size=size)
+    run = train_ae(_config(args, base), Path(args.data), Path(args.out), resume=args.resume)
     print(f"AE run: {run} (model in {run / 'model'}, samples in {run / 'samples'})")
 
 
@@ -333,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     ae = jobs.add_parser("ae", help="stage 2: self-supervised auto-encoder").add_subparsers(dest="what", required=True)
     at = ae.add_parser("train", help="train the auto-encoder on a sketch manifest from `s2i tom sketch`")
     at.add_argument("--data", required=True, help="manifest.json written by `s2i tom sketch`")
-    at.add_argument("--preset", type=int, default=64, help="resolution preset: 64, 128, 256, 512 or 1024")
+    at.add_argument("--preset", type=int, help="resolution preset: 64, 128, 256, 512 or 1024 "
+                    "(default: the size the sketches were drawn at)")  # fmt: skip
     _training_args(at, "AEConfig", "--set dmi=sketch --set w_style_cls=0")
     at.set_defaults(func=_cmd_ae_train)
     ar = ae.add_parser("recon", help="paired reconstruction error on held-out images and their own sketches")

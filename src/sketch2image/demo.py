@@ -100,10 +100,17 @@ def result_grid(model: Sketch2Image, data: Path, out: Path, n_styles: int = 5) -
     return save_grid(out, rows)
 
 
-def run_demo(out: Path, *, fast: bool = False, size: int | None = None, progress: bool = True) -> Path:
+def demo_preset(fast: bool = False, size: int | None = None) -> DemoPreset:
+    """The demo's (or the fast smoke version's) settings, at another size if given: only the size and the
+    AE's widths for it change, every other setting of the preset is kept."""
     p = FAST if fast else DEMO
     if size is not None:
         p = replace(p, size=size, tom=replace(p.tom, size=size), ae=p.ae.with_size(size))
+    return p
+
+
+def run_demo(out: Path, *, fast: bool = False, size: int | None = None, progress: bool = True) -> Path:
+    p = demo_preset(fast, size)
     tag = "_fast" if fast else ""
     data = out / f"openmoji{p.size}{'_400' if p.limit else ''}"
     print(f"[1/6] rendering OpenMoji at {p.size}px -> {data}")

@@ -36,6 +36,7 @@ from sketch2image.storage import (
     atomic_write_text,
     folder_kind,
     read_json,
+    run_of,
 )
 
 ERRORS = ("raise", "skip")
@@ -480,10 +481,12 @@ def _training_stroke_width(ae_run: Path, size: int) -> float | None:
     """The line weight of the AE's training sketches, from the manifest its run.json names (None if gone)."""
     from sketch2image.data.paired import training_stroke_width
 
-    run = ae_run.parent if (ae_run / "model.safetensors").is_file() else ae_run  # a run folder or its model/
+    run = run_of(ae_run)
     try:
-        manifest = read_json(run / "run.json", "run description")["data"]
+        manifest = read_json(run / "run.json", "run description")["data"] if run is not None else None
     except (CheckpointError, KeyError, TypeError):
+        return None
+    if not isinstance(manifest, str):
         return None
     width = training_stroke_width(manifest, size)
     return round(width, 3) if width else None

@@ -87,7 +87,7 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_file(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -104,7 +104,7 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     """A JSON file, or a ``CheckpointError`` naming the file and ``what`` it should have been."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: {what} missing") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -200,6 +200,8 @@ def load_config(cls: type[T], path: str | os.PathLike) -> T:
 
 def known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """The keys of ``data`` that are fields of ``cls`` (a training config read as a network's config)."""
+    if not isinstance(data, dict):
+        return data  # from_dict then says what is wrong with it
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in data.items() if k in names}
 
@@ -230,6 +232,15 @@ def part_dir(path: str | os.PathLike, part: str) -> Path:
         f"{p}: no {PART_NAMES[part]} here (looked for {PART_FILES[part]} in it, in model/ of a training run "
         f"and in {part}/ of an exported model)"
     )
+
+
+def run_of(path: str | os.PathLike) -> Path | None:
+    """The training run folder that ``path`` is (or whose ``model/`` it is): the folder holding ``run.json``."""
+    p = Path(path)
+    for d in (p, p.parent if p.name == "model" else None):
+        if d is not None and (d / "run.json").is_file():
+            return d
+    return None
 
 
 class Pretrained:

@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sketch2image.errors import InputError
+from sketch2image.storage import atomic_write_text
 
 __all__ = [
     "ATTRIBUTION",
@@ -261,12 +262,6 @@ def _remove_stale(folder: Path, keep: set[str]) -> None:
             p.unlink()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def render_openmoji(
     out_dir: str | os.PathLike[str],
     size: int = 128,
@@ -365,7 +360,7 @@ def render_openmoji(
         "sketch_set": sketch_set,
         "skipped": dict(sorted(skipped.items())),
     }
-    _write_atomic(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     log.info(
         "rendered %d train + %d test OpenMoji at %dpx into %s (%d skipped)",
         len(done["train"]),

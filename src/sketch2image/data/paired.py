@@ -21,14 +21,33 @@ from tqdm.auto import tqdm
 from sketch2image.data.images import ImageFolder, open_rgb, resize_square, to_grey
 from sketch2image.data.ink import InkReport, ink_fraction
 from sketch2image.errors import InputError
+from sketch2image.storage import SKETCH_MANIFEST_FORMAT
 
 log = logging.getLogger("sketch2image")
-SKETCH_MANIFEST_FORMAT = "sketch2image.sketches/1"
 
 
 def open_sketch(path: Path, size: int) -> np.ndarray:
     """A sketch as (size, size) uint8 grey, white background."""
     return np.asarray(resize_square(open_rgb(path), size).convert("L"), dtype=np.uint8)
+
+
+def read_manifest(manifest: Path) -> dict:
+    """A sketch manifest (``s2i tom sketch``), checked to be one."""
+    try:
+        data = json.loads(Path(manifest).read_text())
+    except FileNotFoundError as e:
+        raise InputError(f"{manifest}: sketch manifest not found (make one with `s2i tom sketch`)") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{manifest}: unreadable sketch manifest ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != SKETCH_MANIFEST_FORMAT or "items" not in data:
+        raise InputError(f"{manifest}: not a sketch manifest (expected format {SKETCH_MANIFEST_FORMAT})")
+    return data
+
+
+def manifest_size(manifest: Path) -> int | None:
+    """The size (px) a manifest's sketches were drawn at, if it records one."""
+    size = read_manifest(manifest).get("size")
+    return size if isinstance(size, int) else None
 
 
 @dataclass
@@ -52,16 +71,19 @@ class PairedData:
         return images, sketches
 
     @classmethod
-    def from_manifest(cls, manifest: str | Path, size: int, *, progress: bool = True, workers: int = 4) -> PairedData:
+    def from_manifest(
+        cls, manifest: str | Path, size: int | None = None, *, progress: bool = True, workers: int = 4
+    ) -> PairedData:
+        """The pairs at ``size`` px; None: the size the sketches were drawn at (the manifest records it)."""
         manifest = Path(manifest)
-        try:
-            data = json.loads(manifest.read_text())
-        except FileNotFoundError as e:
-            raise InputError(f"{manifest}: sketch manifest not found (make one with `s2i tom sketch`)") from e
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"{manifest}: unreadable sketch manifest ({e})") from e
-        if not isinstance(data, dict) or data.get("format") != SKETCH_MANIFEST_FORMAT:
-            raise InputError(f"{manifest}: not a sketch manifest (expected format {SKETCH_MANIFEST_FORMAT})")
+        data = read_manifest(manifest)
+        drawn = data.get("size")
+        if size is None:
+            if not isinstance(drawn, int):
+                raise InputError(f"{manifest}: records no sketch size; give the size to load the pairs at")
+            size = drawn
+        elif isinstance(drawn, int) and drawn != size:
+            log.warning("%s: sketches drawn at %d px are resized to %d px", manifest, drawn, size)
         root, base = Path(data["images_root"]), manifest.parent
         items, problems = [], 0
         k = max((len(it.get("sketches", [])) for it in data["items"]), default=0)
