@@ -86,12 +86,13 @@ def _cmd_ae_recon(args: argparse.Namespace) -> None:
 
     from sketch2image.ae_eval import paired_reconstruction
     from sketch2image.nets.autoencoder import SketchAutoEncoder
+    from sketch2image.storage import atomic_write_json
 
     model = SketchAutoEncoder.from_pretrained(args.model, args.device)
     result = paired_reconstruction(model, Path(args.images), Path(args.sketches))
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(Path(args.json), result)
 
 
 def _cmd_gan_train(args: argparse.Namespace) -> None:
