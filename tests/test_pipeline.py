@@ -200,3 +200,23 @@ def test_demo_size_keeps_the_preset_settings():
     assert (p.ae.steps, p.ae.batch_size, p.ae.cls_k, p.ae.cls_every) == (FAST.ae.steps, 8, 64, 40)
     assert p.tom.steps == FAST.tom.steps and p.gan == FAST.gan
     assert demo_preset(fast=True) is FAST
+
+
+def test_generate_pairs_batches_without_changing_the_pictures(model_dir, tmp_path):
+    model = Sketch2Image.from_pretrained(model_dir, noise=1.0)  # noise on: the per-output seeds must hold
+    for n in model.refiner.noise:
+        n.strength.data.fill_(0.5)  # a refiner that has learnt some noise
+    sketches, shapes = model.prepare_inputs([sketch_png(tmp_path / "a.png"), sketch_png(tmp_path / "b.png", (60, 30))],
+                                            "sketch")  # fmt: skip
+    styles, _ = model.prepare_inputs([torch.rand(3, 40, 40), torch.rand(3, 40, 40)], "style")
+    styles.append(None)  # a style that could not be read
+    pairs = [(a, b) for a in range(2) for b in range(3)]
+    one = dict(model.generate_pairs(sketches, styles, pairs, shapes=shapes, batch_size=1))
+    many = dict(model.generate_pairs(sketches, styles, pairs, shapes=shapes, batch_size=3))
+    assert sorted(one) == sorted(many) == [0, 1, 3, 4]  # the pairs with the missing style are left out
+    assert all(torch.allclose(one[i], many[i], atol=1e-5) for i in one)  # batched float maths: ~1e-6 apart
+    assert one[0].shape == (3, 32, 32) and one[3].shape == (3, 16, 32)  # cropped to each sketch's aspect
+    assert not torch.equal(one[0], one[1])  # another style, another picture
+    direct = model.generate(sketch_png(tmp_path / "b.png", (60, 30)), styles[1], seed=4)
+    assert torch.allclose(direct[0], one[4], atol=1e-5)  # output 4's noise comes from seed + 4, as in generate
+    assert not torch.allclose(model.generate(sketch_png(tmp_path / "b.png", (60, 30)), styles[1], seed=5)[0], one[4])
