@@ -3,12 +3,14 @@ still load and give the outputs that release recorded."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import sketch2image
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import Refiner
 from sketch2image.pipeline import Sketch2Image
@@ -68,3 +70,4 @@ def test_an_old_model_saved_again_is_in_the_current_format_and_unchanged(expecte
     torch.testing.assert_close(model.decode(sketches, model.style_vectors(styles), refine=True), expected["refined"])
     torch.testing.assert_close(model.tom(styles), expected["tom"])
     assert "release 0.1.0 fixture" in (new / "README.md").read_text()  # the model card's record is kept
+    assert json.loads((new / "sketch2image.json").read_text())["version"] == sketch2image.__version__

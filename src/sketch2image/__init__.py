@@ -1,3 +1,3 @@
 """sketch2image: self-supervised sketch-to-image synthesis (Liu, Zhu, Song, Elgammal, AAAI 2021)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
