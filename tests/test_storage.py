@@ -1,0 +1,94 @@
+"""storage.py: atomic writes, checked formats and configs, what a folder is."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sketch2image.errors import CheckpointError
+from sketch2image.nets.autoencoder import AutoEncoderConfig, SketchAutoEncoder
+from sketch2image.nets.refiner import Refiner
+from sketch2image.pipeline import Sketch2Image
+from sketch2image.storage import (
+    atomic_dir,
+    atomic_file,
+    folder_kind,
+    part_dir,
+    read_json,
+    run_of,
+    save_tensors,
+    tensors_metadata,
+)
+
+
+def test_atomic_file_and_dir_leave_the_old_version_or_nothing(tmp_path):
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    folder = tmp_path / "d"
+    with pytest.raises(RuntimeError), atomic_dir(folder) as tmp:
+        (tmp / "x").write_text("x")
+        raise RuntimeError("killed")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    with atomic_dir(folder) as tmp:
+        (tmp / "x").write_text("x")
+    assert (folder / "x").read_text() == "x"
+    with pytest.raises(CheckpointError, match="already exists"), atomic_dir(folder, replace=False):
+        pass
+
+
+def test_read_json_names_the_file_and_the_problem(tmp_path):
+    with pytest.raises(CheckpointError, match="nope.json: config missing"):
+        read_json(tmp_path / "nope.json", "config")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(CheckpointError, match="bad.json: unreadable config"):
+        read_json(tmp_path / "bad.json", "config")
+
+
+def test_folder_kinds_and_where_each_part_lives(model_dir, tmp_path):
+    assert folder_kind(model_dir) == "model"
+    assert folder_kind(model_dir / "ae") == "ae" and folder_kind(model_dir / "refiner") == "refiner"
+    assert folder_kind(model_dir / "tom") == "tom" and folder_kind(tmp_path / "tom_run") == "tom"
+    assert folder_kind(tmp_path / "ae_run") == "ae" and folder_kind(tmp_path / "gan_run") == "refiner"  # runs
+    assert folder_kind(tmp_path / "images") == "unknown"
+    assert part_dir(model_dir, "ae") == model_dir / "ae"  # an exported model
+    assert part_dir(tmp_path / "ae_run", "ae") == tmp_path / "ae_run" / "model"  # a training run
+    assert part_dir(model_dir / "refiner", "refiner") == model_dir / "refiner"  # the part's own folder
+    with pytest.raises(CheckpointError, match="no refiner here"):
+        part_dir(tmp_path / "ae_run", "refiner")
+    assert run_of(tmp_path / "tom_run") == tmp_path / "tom_run" and run_of(model_dir / "ae") is None
+
+
+def test_sketch2image_load_takes_a_model_or_an_auto_encoder(model_dir, tmp_path):
+    assert Sketch2Image.load(model_dir).refiner is not None
+    alone = Sketch2Image.load(tmp_path / "ae_run")
+    assert alone.refiner is None and alone.tom is None and alone.size == 32
+    with pytest.raises(CheckpointError, match="no auto-encoder here"):
+        Sketch2Image.load(tmp_path / "gan_run")
+
+
+def test_networks_check_their_format_and_config(tmp_path):
+    torch.manual_seed(0)
+    ae = SketchAutoEncoder(AutoEncoderConfig(size=32, width=4, max_width=16, style_dim=8))
+    folder = ae.save_pretrained(tmp_path / "ae")
+    assert json.loads((folder / "config.json").read_text()) == {**vars(ae.cfg)}  # the network's settings only
+    again = SketchAutoEncoder.from_pretrained(folder)
+    assert all(torch.equal(a, b) for a, b in zip(ae.state_dict().values(), again.state_dict().values(), strict=True))
+    with pytest.raises(CheckpointError, match="not a sketch2image refiner"):
+        save_tensors({"w": torch.zeros(1)}, tmp_path / "r" / "refiner.safetensors", {"format": "other/1"})
+        Refiner.from_pretrained(tmp_path / "r")
+    (folder / "config.json").write_text(json.dumps({**vars(ae.cfg), "lr": 0.1}))  # a training key
+    with pytest.raises(CheckpointError, match=r"unknown AutoEncoderConfig keys \['lr'\]"):
+        SketchAutoEncoder.from_pretrained(folder)
+    # Format 1 files saved the whole training config: its network fields are read, the rest ignored.
+    save_tensors(ae.state_dict(), folder / "model.safetensors", {"format": "sketch2image.autoencoder/1"})
+    assert SketchAutoEncoder.from_pretrained(folder).cfg == ae.cfg
+    assert tensors_metadata(folder / "model.safetensors")["format"] == "sketch2image.autoencoder/1"
+    (folder / "config.json").write_text(json.dumps({**vars(ae.cfg), "style_dim": 9}))
+    with pytest.raises(CheckpointError, match="do not fit this model"):
+        SketchAutoEncoder.from_pretrained(folder)
