@@ -92,3 +92,13 @@ def test_networks_check_their_format_and_config(tmp_path):
     (folder / "config.json").write_text(json.dumps({**vars(ae.cfg), "style_dim": 9}))
     with pytest.raises(CheckpointError, match="do not fit this model"):
         SketchAutoEncoder.from_pretrained(folder)
+
+
+def test_a_training_config_gives_the_network_only_its_own_settings(tmp_path):
+    from sketch2image.configs import AEConfig
+
+    cfg = AEConfig(size=32, width=4, max_width=16, style_dim=8, lr=1e-3, steps=7)
+    ae = SketchAutoEncoder(cfg)
+    assert type(ae.cfg) is AutoEncoderConfig and ae.cfg == cfg.model_config() and ae.cfg.width == 4
+    saved = json.loads((ae.save_pretrained(tmp_path / "ae") / "config.json").read_text())
+    assert "lr" not in saved and "steps" not in saved and saved["size"] == 32

@@ -133,22 +133,16 @@ AE_PRESETS: dict[int, dict[str, int]] = {
 
 
 @dataclass
-class AEConfig:
-    """Stage 2: the self-supervised auto-encoder (paper §4.1, appendix A). Defaults: the 64 px preset."""
+class AEConfig(AutoEncoderConfig):
+    """Stage 2: the self-supervised auto-encoder (paper §4.1, appendix A). Defaults: the 64 px preset.
+
+    The network's settings (size, arch, widths, dmi, style injection, ...) are the fields it inherits
+    from ``AutoEncoderConfig``; the fields below are how it is trained.
+    """
 
     # What configs written before a key existed meant by leaving it out.
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic", "content_mi_form": "mse"}
 
-    size: int = 64
-    arch: str = "lean"  # lean | classic (see nets/autoencoder.py); configs without the key are classic
-    width: int = 32  # decoder/encoder channels at full resolution (doubling per halving, <= max_width)
-    max_width: int = 512
-    heavy_res: int = 8  # lean: residual blocks at this resolution and below
-    style_dim: int = 512
-    content_res: int = 8  # bottleneck resolution of the content map (paper: 512 x 8 x 8)
-    dmi: str = "feature"  # none | sketch | feature
-    style_injection: str = "mul"  # mul (simplified AdaIN) | add | adain
-    style_min_res: int = 8  # style is injected on decoder layers at this resolution and above
     # Loss weights; 0 switches a term off (the vanilla AE has only w_rec).
     w_rec: float = 1.0
     w_perceptual: float = 0.0  # optional VGG perceptual term, off in the paper-faithful preset
@@ -190,12 +184,8 @@ class AEConfig:
     channels_last: bool = True
     grad_checkpoint: bool = False  # recompute decoder/encoder blocks in backward: less memory at 1024 px
 
-    def model_config(self) -> AutoEncoderConfig:
-        """The network's part of this config (what a saved auto-encoder records)."""
-        return AutoEncoderConfig(**known_fields(AutoEncoderConfig, to_dict(self)))
-
     def validate(self) -> None:
-        problems = self.model_config().problems()
+        problems = self.problems()  # the network's settings, then the training ones
         if self.cls_k < 2 or self.cls_every < 0 or self.cls_views < 1 or self.batch_size < 2:
             problems.append("cls_k and batch_size must be >= 2, cls_views >= 1, cls_every >= 0 (0: from cls_views)")
         if self.content_mi_form not in ("kl", "mse"):

@@ -16,6 +16,7 @@ Two layouts (``AutoEncoderConfig.arch``) with the same interface and losses:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from itertools import pairwise
@@ -40,8 +41,8 @@ from sketch2image.storage import AE_FORMAT, AE_FORMATS_READ, Pretrained, from_di
 
 @dataclass
 class AutoEncoderConfig:
-    """The network's settings (what ``config.json`` of a saved auto-encoder holds); training settings
-    live in ``configs.AEConfig``, which has these same fields and more."""
+    """The network's settings (what ``config.json`` of a saved auto-encoder holds). The training config
+    ``configs.AEConfig`` extends it with how the network is trained."""
 
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic"}  # files written before ``arch`` existed
 
@@ -71,6 +72,10 @@ class AutoEncoderConfig:
     def validate(self) -> None:
         if self.problems():
             raise S2IError("invalid auto-encoder config: " + "; ".join(self.problems()))
+
+    def model_config(self) -> AutoEncoderConfig:
+        """The network's settings alone (of a training config that extends this one: its network part)."""
+        return AutoEncoderConfig(**known_fields(AutoEncoderConfig, dataclasses.asdict(self)))
 
 
 def channels(cfg: AutoEncoderConfig, res: int) -> int:
@@ -197,7 +202,9 @@ class SketchAutoEncoder(Pretrained, nn.Module):
     CONFIG = AutoEncoderConfig
 
     def __init__(self, cfg: AutoEncoderConfig) -> None:
+        """``cfg``: the network's settings (a training ``AEConfig`` is reduced to them)."""
         super().__init__()
+        cfg = cfg.model_config()
         cfg.validate()
         self.cfg = cfg
         self.style_encoder = StyleEncoder(cfg)
