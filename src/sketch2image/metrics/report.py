@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -57,8 +58,6 @@ def write_report(report: dict, json_path: Path, md_path: Path | None = None, tit
 
 def read_report(path: Path) -> dict:
     """An ``s2i eval`` report, checked to be one."""
-    import json
-
     try:
         report = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
