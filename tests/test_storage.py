@@ -102,3 +102,25 @@ def test_a_training_config_gives_the_network_only_its_own_settings(tmp_path):
     assert type(ae.cfg) is AutoEncoderConfig and ae.cfg == cfg.model_config() and ae.cfg.width == 4
     saved = json.loads((ae.save_pretrained(tmp_path / "ae") / "config.json").read_text())
     assert "lr" not in saved and "steps" not in saved and saved["size"] == 32
+
+
+def test_broken_headers_give_readable_errors(model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from sketch2image.sketcher import TOMSketcher
+
+    snap = model_dir / "tom" / "snapshots" / "snapshot_00.safetensors"
+    meta = tensors_metadata(snap)
+    save_tensors(load_file(str(snap)), snap, {k: v for k, v in meta.items() if k != "config"})
+    with pytest.raises(CheckpointError, match="snapshot_00.safetensors: the snapshot's config is missing"):
+        TOMSketcher.from_pretrained(model_dir / "tom")
+    config = model_dir / "refiner" / "config.json"
+    good = config.read_text()
+    config.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="must be a JSON object"):
+        Refiner.from_pretrained(model_dir / "refiner")
+    config.write_text(good)
+    weights = model_dir / "refiner" / "refiner.safetensors"
+    save_tensors(load_file(str(weights)), weights, {"format": "sketch2image.refiner/1"})  # no style_dim
+    with pytest.raises(CheckpointError, match="needs style_dim"):
+        Refiner.from_pretrained(model_dir / "refiner")

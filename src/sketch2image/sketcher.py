@@ -102,7 +102,11 @@ class TOMSketcher(torch.nn.Module):
         for f in files:
             meta = tensors_metadata(f)
             check_format(f, meta.get("format"), (TOM_SNAPSHOT_FORMAT,), "TOM snapshot")
-            snap_cfg = from_dict(TOMConfig, json.loads(meta["config"]), str(f))
+            try:
+                snap_data = json.loads(meta["config"])
+            except (KeyError, json.JSONDecodeError) as e:
+                raise CheckpointError(f"{f}: the snapshot's config is missing or unreadable ({e!r})") from e
+            snap_cfg = from_dict(TOMConfig, snap_data, str(f))
             g = SketchGenerator(snap_cfg.feature_layer, snap_cfg.g_width, snap_cfg.g_max_width)
             load_weights(g, load_tensors(f), str(f), "snapshot weights")
             gens.append(g)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from sketch2image.errors import S2IError
+from sketch2image.errors import CheckpointError, S2IError
 from sketch2image.nets.blocks import ConvBlock, StyleInjection, lean_down, lean_up, run_block
 from sketch2image.storage import REFINER_FORMAT, REFINER_FORMATS_READ, Pretrained, from_dict, known_fields
 
@@ -114,7 +114,10 @@ class Refiner(Pretrained, nn.Module):
     @classmethod
     def config_from_file(cls, data: dict, fmt: str, header: dict[str, str], source: str) -> RefinerConfig:
         if fmt != REFINER_FORMAT:  # format 1: the whole GANConfig, and the style size in the weights' header
-            data = {**known_fields(RefinerConfig, data), "style_dim": int(header.get("style_dim", 0))}
+            style_dim = header.get("style_dim", "")
+            if not style_dim.isdigit():
+                raise CheckpointError(f"{source}: a format-1 refiner needs style_dim in its weights' header")
+            data = {**known_fields(RefinerConfig, data), "style_dim": int(style_dim)}
         return from_dict(RefinerConfig, data, source)
 
     def gradient_checkpointing(self, on: bool = True) -> Refiner:
