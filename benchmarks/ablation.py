@@ -38,7 +38,7 @@ from accelerate import Accelerator
 from common import setup
 
 from sketch2image.configs import AEConfig
-from sketch2image.data.paired import PairedData
+from sketch2image.data.paired import PairedData, PairedFiles
 from sketch2image.metrics.evaluate import evaluate, held_out_dirs, load_held_out
 from sketch2image.pipeline import Sketch2Image
 from sketch2image.train.ae import AETrainer
@@ -84,11 +84,11 @@ def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, tor
     cfg = AEConfig.preset(args.size, batch_size=args.batch_size, steps=args.steps, seed=seed, arch=args.arch,
                           cls_k=min(args.cls_k, len(data)), cls_every=args.cls_every, **overrides)  # fmt: skip
     seed_everything(cfg.seed)
-    trainer = AETrainer(cfg, len(data), Accelerator(cpu=True))
+    trainer = AETrainer(cfg, data, Accelerator(cpu=True))
     curve, t_train = [], 0.0
     for step in range(1, cfg.steps + 1):
         t = time.perf_counter()
-        losses = trainer.step(data, step)
+        losses = trainer.step(step)
         t_train += time.perf_counter() - t
         if step % args.eval_every == 0 or step == cfg.steps:
             ae = copy.deepcopy(trainer.acc.unwrap_model(trainer.model))
@@ -200,7 +200,7 @@ def main() -> None:
     machine = setup()
     settings = {k: getattr(args, k) for k in ("size", "steps", "eval_every", "batch_size", "cls_k", "cls_every",
                                               "eval_limit", "seed", "arch", "bootstrap")}  # fmt: skip
-    data = PairedData.from_manifest(args.manifest, args.size)
+    data = PairedData.from_files(PairedFiles.from_manifest(args.manifest, args.size))  # hashed whole below
     if args.images and args.sketches:
         images, sketches = Path(args.images), Path(args.sketches)
     elif args.data:

@@ -38,12 +38,12 @@ def one(kind: str, size: int, batch: int, iters: int) -> dict:
             torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8),
             torch.randint(0, 256, (n, K, size, size), dtype=torch.uint8),
         )
-        trainer = AETrainer(cfg, n, Accelerator(cpu=True))
+        trainer = AETrainer(cfg, data, Accelerator(cpu=True))
         step = [0]
 
         def fn():
             step[0] += 1
-            trainer.step(data, step[0])
+            trainer.step(step[0])
 
         t = timed(fn, iters)
         params = sum(trainer.model.parameter_counts().values())

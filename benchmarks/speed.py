@@ -69,13 +69,17 @@ COLUMNS = [
 ]
 
 
-def stepper(trainer, batch_source) -> Callable[[], None]:
-    """One training iteration per call, with the 1-based step number the trainers expect."""
+def stepper(trainer, batch_source=None) -> Callable[[], None]:
+    """One training iteration per call, with the 1-based step number the trainers expect (TOM takes its
+    batch; the AE and GAN trainers read theirs from their data feed)."""
     step = [0]
 
     def fn() -> None:
         step[0] += 1
-        trainer.step(batch_source, step[0])
+        if batch_source is None:
+            trainer.step(step[0])
+        else:
+            trainer.step(batch_source, step[0])
 
     return fn
 
@@ -101,7 +105,7 @@ def n_params(module: torch.nn.Module) -> int:
 
 
 def paired_data(size: int):
-    """Random uint8 images and K sketches per image: what ``PairedData.from_manifest`` would hold in memory."""
+    """Random uint8 images and K sketches per image, in memory: the networks' speed without the data reader."""
     from sketch2image.data.paired import PairedData
 
     return PairedData(
@@ -173,8 +177,8 @@ def build(
         from sketch2image.train.ae import AETrainer
 
         data = paired_data(size)
-        trainer = AETrainer(acfg, len(data), accelerator(device, precision))
-        fn = stepper(trainer, data)
+        trainer = AETrainer(acfg, data, accelerator(device, precision))
+        fn = stepper(trainer)
         counts = trainer.acc.unwrap_model(trainer.model).parameter_counts()
         return {
             "fn": fn,
@@ -190,8 +194,8 @@ def build(
         from sketch2image.train.gan import GANTrainer
 
         data = paired_data(size)
-        trainer = GANTrainer(gcfg, ae, accelerator(device, precision))
-        fn = stepper(trainer, data)
+        trainer = GANTrainer(gcfg, ae, data, accelerator(device, precision))
+        fn = stepper(trainer)
         g, d = n_params(trainer.g_ema), n_params(trainer.d)
         return {
             "fn": fn,

@@ -51,10 +51,10 @@ def build(stage: str, acc: Accelerator):
     if stage == "ae":
         from sketch2image.train.ae import AETrainer
 
-        trainer = AETrainer(tiny_ae_config(), len(data), acc)
+        trainer = AETrainer(tiny_ae_config(), data, acc)
         return (
             trainer,
-            lambda i: trainer.step(data, i),
+            trainer.step,
             lambda: {
                 "ae": acc.unwrap_model(trainer.model),
                 "head": acc.unwrap_model(trainer.head),
@@ -66,10 +66,10 @@ def build(stage: str, acc: Accelerator):
         ae = SketchAutoEncoder(tiny_ae_config().model_config())
         # Noise off: it is the one thing drawn per rank on purpose (see train/distributed.py).
         cfg = GANConfig(width=8, max_width=16, levels=2, d_width=8, batch_size=GLOBAL_BATCH, noise=False)
-        trainer = GANTrainer(cfg, ae, acc)
+        trainer = GANTrainer(cfg, ae, data, acc)
         return (
             trainer,
-            lambda i: trainer.step(data, i),
+            trainer.step,
             lambda: {
                 "g": acc.unwrap_model(trainer.g),
                 "d": acc.unwrap_model(trainer.d),

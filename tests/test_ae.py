@@ -7,7 +7,7 @@ from accelerate import Accelerator
 
 from sketch2image.configs import AEConfig, to_dict
 from sketch2image.data.augment import mask_regions, random_affine, thicken
-from sketch2image.data.paired import PairedData
+from sketch2image.data.paired import PairedData, PairedFiles
 from sketch2image.errors import InputError, S2IError
 from sketch2image.losses import content_triplet, standardise, style_triplet, uniform_prediction_loss
 from sketch2image.nets.autoencoder import SketchAutoEncoder
@@ -73,12 +73,10 @@ def test_uniform_prediction_loss_values():
 
 
 def _reached(trainer: AETrainer, term: str) -> set[str]:
-    data = fake_data()
-    idx, labels = trainer.sample(1)
-    images, sketches = data.batch(idx)
+    images, sketches, plan = trainer.batch(1)
     for p in list(trainer.model.parameters()) + list(trainer.head.parameters()):
         p.grad = None
-    trainer.losses(images, sketches, labels)[term].backward()
+    trainer.losses(images, sketches, plan)[term].backward()
     parts = {"style_encoder": "E_style", "content_encoder": "E_content", "decoder": "G1"}
     hit = set()
     for name, p in trainer.model.named_parameters():
@@ -101,7 +99,7 @@ def _reached(trainer: AETrainer, term: str) -> set[str]:
 )
 def test_gradient_reach(term, expected):
     torch.manual_seed(0)
-    trainer = AETrainer(tiny(), 10, Accelerator(cpu=True))
+    trainer = AETrainer(tiny(), fake_data(), Accelerator(cpu=True))
     assert _reached(trainer, term) == expected
 
 
@@ -158,34 +156,34 @@ def test_dmi_switch_changes_what_the_decoder_reads(arch):
 
 
 def test_loss_switches_remove_terms():
-    data = fake_data()
     torch.manual_seed(0)
-    full = AETrainer(tiny(), 10, Accelerator(cpu=True))
+    full = AETrainer(tiny(), fake_data(), Accelerator(cpu=True))
     vanilla = AETrainer(
-        tiny(w_style_triplet=0, w_content_triplet=0, w_style_cls=0, w_content_mi=0), 10, Accelerator(cpu=True)
+        tiny(w_style_triplet=0, w_content_triplet=0, w_style_cls=0, w_content_mi=0), fake_data(), Accelerator(cpu=True)
     )
-    idx, labels = full.sample(1)
-    x, s = data.batch(idx)
-    assert set(full.losses(x, s, labels)) == {"rec", "style_triplet", "content_triplet", "style_cls", "content_mi"}
-    assert set(vanilla.losses(x, s, labels)) == {"rec"}
+    assert set(full.losses(*full.batch(1))) == {"rec", "style_triplet", "content_triplet", "style_cls", "content_mi"}
+    x, s, plan = vanilla.batch(1)
+    assert s.shape[1] == 1  # without the content triplet a step decodes one sketch per image
+    assert set(vanilla.losses(x, s, plan)) == {"rec"}
     assert not vanilla.uses_classes
 
 
 def test_momentum_subset_rounds():
-    trainer = AETrainer(tiny(cls_k=4, cls_every=3), 20, Accelerator(cpu=True))
-    trainer.sample(1)
+    trainer = AETrainer(tiny(cls_k=4, cls_every=3), fake_data(20), Accelerator(cpu=True))
+    trainer.batch(1)
     first, head0 = trainer.subset.clone(), trainer.head.weight.detach().clone()
     trainer.opt_head.state[trainer.head.weight] = {"dummy": torch.zeros(1)}
     for step in (2, 3):
-        idx, labels = trainer.sample(step)
+        _, _, plan = trainer.batch(step)
+        idx, labels = plan.index, plan.rand["labels"]
         assert torch.equal(trainer.subset, first)
         assert torch.equal(idx, first[labels]) and labels.max() < 4  # labels are positions in the subset
-    trainer.sample(4)  # a new round
+    trainer.batch(4)  # a new round
     assert trainer.round == 1 and len(trainer.subset) == 4
     assert not torch.equal(trainer.subset, first) or not torch.equal(trainer.head.weight, head0)
     assert not torch.equal(trainer.head.weight.detach(), head0)
     assert len(trainer.opt_head.state) == 0
-    again = AETrainer(tiny(cls_k=4, cls_every=3), 20, Accelerator(cpu=True))
+    again = AETrainer(tiny(cls_k=4, cls_every=3), fake_data(20), Accelerator(cpu=True))
     again.start_round(1)
     assert torch.equal(again.subset, trainer.subset)  # deterministic: same subset on every rank/resume
 
@@ -224,14 +222,12 @@ def test_overfits_a_fixed_batch():
     cfg = tiny(
         lr=2e-3, mask_regions=0, thicken_p=0, aug_max_rotate=0, aug_min_scale=1, aug_max_scale=1, aug_max_shift=0
     )
-    trainer = AETrainer(cfg, 10, Accelerator(cpu=True))
-    data = fake_data()
-    idx, labels = trainer.sample(1)
-    x, s = data.batch(idx)
-    s = s[:, :1].expand(-1, 3, -1, -1, -1)  # one sketch per image: a fixed input
+    trainer = AETrainer(cfg, fake_data(), Accelerator(cpu=True))
+    x, s, plan = trainer.batch(1)
+    s = s[:, :1].expand(-1, 2, -1, -1, -1)  # one sketch per image: a fixed input
     history = []
     for _ in range(40):
-        terms = trainer.losses(x, s, labels)
+        terms = trainer.losses(x, s, plan)
         loss = trainer.total(terms)
         trainer.opt.zero_grad()
         trainer.opt_head.zero_grad()
@@ -267,29 +263,32 @@ def test_augmentations():
 
 def test_paired_data_reports_missing_sketches(tmp_path, paired_manifest, caplog):
     manifest = paired_manifest
-    data = PairedData.from_manifest(manifest, 32, progress=False)
-    assert len(data) == 6 and data.k == 2 and data.images.dtype == torch.uint8
+    data = PairedFiles.from_manifest(manifest, 32)
+    assert len(data) == 6 and data.k == 2
+    item = data[(1, 0, (1, 0))]
+    assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 32, 32)
+    assert item["sketches"].shape == (2, 32, 32) and item["sketches"].dtype == torch.uint8
     (tmp_path / "sk" / "s1" / "img2.png").unlink()
     with caplog.at_level(logging.WARNING, logger="sketch2image"):
-        data = PairedData.from_manifest(manifest, 32, progress=False)
+        data = PairedFiles.from_manifest(manifest, 32)
     assert "img2" not in data.ids and len(data) == 5
     assert any("img2" in r.message for r in caplog.records)
     for p in (tmp_path / "sk").rglob("*.png"):
         p.unlink()
     with pytest.raises(InputError, match="no complete"):
-        PairedData.from_manifest(manifest, 32, progress=False)
+        PairedFiles.from_manifest(manifest, 32)
     with pytest.raises(InputError, match="not found"):
-        PairedData.from_manifest(tmp_path / "nope.json", 32)
+        PairedFiles.from_manifest(tmp_path / "nope.json", 32)
 
 
 def test_paired_data_loads_at_the_size_the_manifest_records(paired_manifest, caplog):
     with pytest.raises(InputError, match="records no sketch size"):
-        PairedData.from_manifest(paired_manifest, progress=False)
+        PairedFiles.from_manifest(paired_manifest)
     data = json.loads(paired_manifest.read_text())
     paired_manifest.write_text(json.dumps({**data, "size": 16}))
-    assert PairedData.from_manifest(paired_manifest, progress=False).images.shape[-1] == 16
+    assert PairedFiles.from_manifest(paired_manifest)[(0, 0, (0,))]["image"].shape[-1] == 16
     with caplog.at_level(logging.WARNING, logger="sketch2image"):
-        assert PairedData.from_manifest(paired_manifest, 32, progress=False).sketches.shape[-1] == 32
+        assert PairedFiles.from_manifest(paired_manifest, 32)[(0, 0, (0,))]["sketches"].shape[-1] == 32
     assert any("drawn at 16 px are resized to 32 px" in r.message for r in caplog.records)
 
 

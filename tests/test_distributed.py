@@ -3,7 +3,7 @@
 - parameters are identical on both ranks after every step;
 - 2 processes with a global batch of 4 compute the same training as 1 process with batch 4;
 - a run folder checkpointed by 2 processes (through the real `s2i` command) resumes in 1 and
-  ends where an uninterrupted 1-process run ends.
+  ends where an uninterrupted 1-process run ends (up to the 2-process steps' float noise).
 """
 
 import json
@@ -20,11 +20,10 @@ from dist_stages import STEPS, build, flat
 from safetensors.torch import load_file
 
 from sketch2image.cli import main
-from sketch2image.nets.autoencoder import SketchAutoEncoder
 
 TESTS = Path(__file__).resolve().parent
-ATOL = 1e-5  # final weights of the resumed run vs the uninterrupted one
 REL = 0.02  # |2-process update - 1-process update| / |1-process update|
+RESUME_REL = 0.1  # |resumed-in-1 - 1-process| / |what the 1-process run's last 2 steps changed|
 
 
 def _free_port() -> int:
@@ -93,15 +92,21 @@ def test_checkpoint_of_two_processes_resumes_in_one(tmp_path, paired_manifest, i
     assert main([*common, "--out", str(two), "--steps", "4", "--resume"]) == 0
     one = tmp_path / "one"
     assert main([*common, "--out", str(one), "--steps", "4"]) == 0
-    a, b = _final_weights(two, stage), _final_weights(one, stage)
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst < ATOL, f"resumed-in-1 run differs from the 1-process run by {worst}"
+    a, b, mid = _weights(two, stage), _weights(one, stage), _weights(one, stage, step=2)
+    diff = torch.cat([(a[k].float() - b[k].float()).flatten() for k in b])
+    resumed = torch.cat([(b[k].float() - mid[k].float()).flatten() for k in b])  # steps 3-4 of the 1-process run
+    # Measured against what steps 3-4 changed: a lost part of the state (weights, Adam moments, RNG, the data
+    # stream) makes those steps different altogether, while the 2-process steps' reduction-order noise, which
+    # Adam amplifies on near-zero gradients (TOM's tiny GAN), stays a small fraction of them.
+    rel = (diff.norm() / resumed.norm()).item()
+    assert resumed.norm() > 0 and rel < RESUME_REL, f"resumed-in-1 run differs from the 1-process run by {rel:.3f}"
 
 
-def _final_weights(run: Path, stage: str) -> dict[str, torch.Tensor]:
-    if stage == "ae":
-        return SketchAutoEncoder.from_pretrained(run).state_dict()
+def _weights(run: Path, stage: str, step: int | None = None) -> dict[str, torch.Tensor]:
+    """The trained network's weights in a run's latest checkpoint, or in the one of ``step``."""
     from sketch2image.train.checkpoint import latest_checkpoint, load_checkpoint
 
-    tensors, _ = load_checkpoint(latest_checkpoint(run))
-    return {k: v for k, v in tensors.items() if k.startswith("g.") and v.is_floating_point()}
+    path = latest_checkpoint(run) if step is None else run / "checkpoints" / f"step_{step:07d}"
+    tensors, _ = load_checkpoint(path)
+    prefix = "ae." if stage == "ae" else "g."
+    return {k: v for k, v in tensors.items() if k.startswith(prefix) and v.is_floating_point()}

@@ -103,15 +103,16 @@ def test_ema_update_math():
 
 
 def test_trainer_updates_g_and_d_and_keeps_ae_frozen(ae_run, paired_manifest):
-    from sketch2image.data.paired import PairedData
+    from sketch2image.data.paired import PairedFiles
 
     ae = SketchAutoEncoder.from_pretrained(ae_run)
     ae_before = {k: v.clone() for k, v in ae.state_dict().items()}
-    trainer = GANTrainer(tiny_gan(ema_decay=0.5), ae, Accelerator(cpu=True))
+    data = PairedFiles.from_manifest(paired_manifest, 32)
+    trainer = GANTrainer(tiny_gan(ema_decay=0.5), ae, data, Accelerator(cpu=True))
     g0 = [p.detach().clone() for p in trainer.g.parameters()]
     d0 = [p.detach().clone() for p in trainer.d.parameters()]
     ema0 = [p.detach().clone() for p in trainer.g_ema.parameters()]
-    losses = trainer.step(PairedData.from_manifest(paired_manifest, 32, progress=False), 1)
+    losses = trainer.step(1)
     assert set(losses) == {"loss_d", "adv", "rec", "grad_d", "grad_g"}
     assert 0 < losses["grad_d"] < float("inf") and 0 < losses["grad_g"] < float("inf")
     assert any(not torch.equal(a, b) for a, b in zip(g0, trainer.g.parameters(), strict=True))

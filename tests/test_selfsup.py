@@ -34,25 +34,31 @@ def _distinct_images(n: int = 16, k: int = 2, size: int = 32) -> PairedData:
     return PairedData([f"i{i}" for i in range(n)], images, sketches)
 
 
+def _sized(n: int) -> PairedData:
+    """n pairs without the memory: every row is a view of one zero image."""
+    return PairedData([f"i{i}" for i in range(n)], torch.zeros(1, 3, 32, 32, dtype=torch.uint8).expand(n, -1, -1, -1),
+                      torch.zeros(1, 2, 32, 32, dtype=torch.uint8).expand(n, -1, -1, -1))  # fmt: skip
+
+
 def test_round_length_follows_views_batch_and_dataset():
     acc = Accelerator(cpu=True)
-    assert AETrainer(_tiny_ae(cls_k=256, cls_views=24, batch_size=16), 10_000, acc).round_steps == 384
-    assert AETrainer(_tiny_ae(cls_k=256, cls_views=24, batch_size=32), 10_000, acc).round_steps == 192
-    assert AETrainer(_tiny_ae(cls_k=256, cls_views=24, batch_size=8), 40, acc).round_steps == 120  # k = 40 images
-    assert AETrainer(_tiny_ae(cls_every=7), 40, acc).round_steps == 7  # a fixed count still works
+    assert AETrainer(_tiny_ae(cls_k=256, cls_views=24, batch_size=16), _sized(10_000), acc).round_steps == 384
+    assert AETrainer(_tiny_ae(cls_k=256, cls_views=24, batch_size=32), _sized(10_000), acc).round_steps == 192
+    assert AETrainer(_tiny_ae(cls_k=256, cls_views=24, batch_size=8), _sized(40), acc).round_steps == 120  # k = 40
+    assert AETrainer(_tiny_ae(cls_every=7), _sized(40), acc).round_steps == 7  # a fixed count still works
 
 
 def test_the_head_beats_chance_by_the_end_of_a_round():
     torch.manual_seed(0)
     data = _distinct_images(16)
-    trainer = AETrainer(_tiny_ae(cls_k=16, cls_views=40, w_content_triplet=0), len(data), Accelerator(cpu=True))
+    trainer = AETrainer(_tiny_ae(cls_k=16, cls_views=40, w_content_triplet=0), data, Accelerator(cpu=True))
     assert trainer.round_steps == 80
-    log = [trainer.step(data, s) for s in range(1, trainer.round_steps + 1)]
+    log = [trainer.step(s) for s in range(1, trainer.round_steps + 1)]
     assert trainer.round == 0
     chance = 1 / 16
     assert log[-1]["cls_acc"] > 5 * chance  # 16 classes: chance 6 %; the round ends at ~45 %
     assert log[-1]["style_cls"] < 0.8 * math.log(16)  # and the loss clearly below ln k
-    trainer.step(data, trainer.round_steps + 1)  # a new round: fresh head, accuracy restarts
+    trainer.step(trainer.round_steps + 1)  # a new round: fresh head, accuracy restarts
     assert trainer.round == 1 and len(trainer.round_acc) == 1
 
 
@@ -75,16 +81,15 @@ def test_mi_without_classification_still_trains_the_head():
     torch.manual_seed(0)
     data = _distinct_images(16)
     cfg = _tiny_ae(cls_k=16, cls_views=10, w_style_cls=0, w_content_mi=1.0, w_content_triplet=0)
-    trainer = AETrainer(cfg, len(data), Accelerator(cpu=True))
+    trainer = AETrainer(cfg, data, Accelerator(cpu=True))
     w0 = trainer.head.weight.detach().clone()
     style0 = [p.detach().clone() for p in trainer.model.style_encoder.parameters()]
-    idx, labels = trainer.sample(1)
-    terms = trainer.losses(*data.batch(idx), labels)
+    terms = trainer.losses(*trainer.batch(1))
     assert "cls_head" in terms and "style_cls" not in terms
     trainer.model.zero_grad()
     terms["cls_head"].backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in trainer.model.style_encoder.parameters())
-    trainer.step(data, 2)
+    trainer.step(2)
     assert not torch.equal(trainer.head.weight.detach(), w0)  # the head learns the round's classes
     assert any(not torch.equal(a, b) for a, b in zip(style0, trainer.model.style_encoder.parameters(), strict=True))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def _cmd_tom_sketch(args: argparse.Namespace) -> None:
 
     manifest = sketch_folder(Path(args.run), Path(args.images), Path(args.out), size=args.size,
                              batch_size=args.batch_size, threshold=args.binarize, device=args.device,
-                             ink_check=not args.no_ink_check)  # fmt: skip
+                             ink_check=not args.no_ink_check, num_workers=_workers(args.workers))  # fmt: skip
     print(f"sketches and manifest: {manifest}")
 
 
@@ -240,7 +241,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from sketch2image.errors import InputError
-    from sketch2image.metrics.evaluate import evaluate, held_out_dirs, load_held_out
+    from sketch2image.metrics.evaluate import HeldOutPairs, evaluate, held_out_dirs
     from sketch2image.metrics.registry import parse_metrics
     from sketch2image.metrics.report import report_markdown, write_report
     from sketch2image.pipeline import Sketch2Image
@@ -256,10 +257,18 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     model = Sketch2Image.load(args.model, args.device, noise=args.noise)
     if args.tom is not None:
         model.tom = TOMSketcher.from_pretrained(args.tom, device=args.device)
-    ids, x, s = load_held_out(images, sketches, model.size, args.limit)
-    print(f"evaluating {args.model} on {len(ids)} held-out pairs ({images} + {sketches})")
-    report = evaluate(model, x, s, metrics, refine=not args.no_refine, seed=args.seed, batch_size=args.batch_size,
-                      cache_dir=Path(args.cache) if args.cache else None, inception_path=args.inception)  # fmt: skip
+    pairs = HeldOutPairs(images, sketches, model.size, args.limit)
+    from sketch2image.parallel import world
+
+    main_process = world()[1] == 0
+    if main_process:
+        print(f"evaluating {args.model} on {len(pairs)} held-out pairs ({images} + {sketches})")
+    report = evaluate(model, pairs, None, metrics, refine=not args.no_refine, seed=args.seed,
+                      batch_size=args.batch_size, cache_dir=Path(args.cache) if args.cache else None,
+                      inception_path=args.inception, num_workers=_workers(args.workers),
+                      progress=main_process)  # fmt: skip
+    if not main_process:  # under torchrun every process scored its share; one writes the report
+        return
     report["model"], report["images"], report["sketches"] = str(args.model), str(images), str(sketches)
     out = Path(args.out)
     write_report(report, out, out.with_suffix(".md"), title=f"Evaluation of {args.model}")
@@ -288,6 +297,27 @@ def _training_args(sp: argparse.ArgumentParser, config: str, example: str) -> No
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--seed", type=int)
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"any {config} field, e.g. {example}")
+
+
+DEVICE_HELP = "cpu, cuda or cuda:N (default auto: the GPU when there is one; under torchrun, this process's)"
+WORKERS_HELP = "DataLoader processes that decode files (default: from the CPU count; 0: decode in this process)"
+
+
+def _device(value: str) -> str:
+    if value != "auto":
+        return value
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    local = os.environ.get("LOCAL_RANK")
+    return f"cuda:{local}" if local is not None else "cuda"
+
+
+def _workers(value: int | None) -> int:
+    from sketch2image.train.feed import workers_for
+
+    return workers_for(-1 if value is None else value)
 
 
 NOISE_HELP = "refiner noise scale (0: none, the default; 1: as trained)"
@@ -326,13 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_cmd_tom_train)
 
     sk = tom.add_parser("sketch", help="render every snapshot's sketch for every image of a folder")
-    sk.add_argument("--run", required=True, help="TOM run folder")
+    sk.add_argument("--run", "--tom", dest="run", required=True,
+                    help="TOM run folder (--tom under torchrun, which takes --run for its own --run-path)")  # fmt: skip
     sk.add_argument("--images", required=True)
     sk.add_argument("--out", required=True)
     sk.add_argument("--size", type=int, help="default: the run's training size")
     sk.add_argument("--batch-size", type=int, default=8)
     sk.add_argument("--binarize", type=float, default=None, metavar="T", help="threshold to pure black/white lines")
-    sk.add_argument("--device", default="cpu")
+    sk.add_argument("--device", default="auto", help=DEVICE_HELP)
+    sk.add_argument("--workers", type=int, help=WORKERS_HELP)
     sk.add_argument("--no-ink-check", action="store_true",
                     help="write the sketches even when a snapshot draws mostly blank or solid ones")  # fmt: skip
     sk.set_defaults(func=_cmd_tom_sketch)
@@ -349,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--images", required=True)
     ar.add_argument("--sketches", required=True, help="folder with a sketch per image, same relative names")
     ar.add_argument("--json", help="also write the result here")
-    ar.add_argument("--device", default="cpu")
+    ar.add_argument("--device", default="auto", help=DEVICE_HELP)
     ar.set_defaults(func=_cmd_ae_recon)
 
     gan = jobs.add_parser("gan", help="stage 3: GAN refiner").add_subparsers(dest="what", required=True)
@@ -362,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     def model_args(sp: argparse.ArgumentParser, sketches: bool = True) -> None:
         sp.add_argument("--model", required=True, help="model folder from `s2i export`")
         sp.add_argument("--no-refine", action="store_true", help="return the auto-encoder output, skip the refiner")
-        sp.add_argument("--device", default="cpu")
+        sp.add_argument("--device", default="auto", help=DEVICE_HELP)
         sp.add_argument("--seed", type=int, default=0, help="the refiner's noise: output i uses seed + i")
         sp.add_argument("--noise", type=float, default=0.0, help=NOISE_HELP)
         if sketches:
@@ -432,9 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--noise", type=float, default=0.0, help=NOISE_HELP)
     ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--workers", type=int, help=WORKERS_HELP)
     ev.add_argument("--cache", help="folder for cached reference statistics (default $S2I_CACHE_DIR or ~/.cache)")
     ev.add_argument("--inception", help="explicit path to the FID Inception file (default: the installed package's)")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev.set_defaults(func=_cmd_eval)
 
     app = jobs.add_parser("app", help="web app: draw, pick or mix styles, restyle photos (needs sketch2image[app])")
@@ -442,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--host", default="127.0.0.1")
     app.add_argument("--port", type=int, default=7860)
     app.add_argument("--examples", help="folder of style images for the gallery")
-    app.add_argument("--device", default="cpu")
+    app.add_argument("--device", default="auto", help=DEVICE_HELP)
     app.set_defaults(func=_cmd_app)
 
     demo = jobs.add_parser("demo", help="offline end-to-end demo on the built-in OpenMoji data")
@@ -457,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     logging.getLogger("sketch2image").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if getattr(args, "device", None) is not None:
+        args.device = _device(args.device)
     try:
         rc = args.func(args) or 0
     except S2IError as e:

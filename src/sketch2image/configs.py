@@ -178,6 +178,7 @@ class AEConfig(AutoEncoderConfig):
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
+    num_workers: int = -1  # DataLoader workers per process; -1: from the CPU count (train/feed.py)
     tensorboard: bool = False
     mixed_precision: str = "no"
     compile: bool = False
@@ -188,6 +189,8 @@ class AEConfig(AutoEncoderConfig):
         problems = self.problems()  # the network's settings, then the training ones
         if self.cls_k < 2 or self.cls_every < 0 or self.cls_views < 1 or self.batch_size < 2:
             problems.append("cls_k and batch_size must be >= 2, cls_views >= 1, cls_every >= 0 (0: from cls_views)")
+        if self.num_workers < -1:
+            problems.append(f"num_workers {self.num_workers} must be >= 0, or -1 for the CPU count")
         if self.content_mi_form not in ("kl", "mse"):
             problems.append(f"content_mi_form {self.content_mi_form!r} must be kl or mse")
         if any(
@@ -263,6 +266,7 @@ class GANConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
+    num_workers: int = -1  # DataLoader workers per process; -1: from the CPU count (train/feed.py)
     mixed_precision: str = "no"
     compile: bool = False
     channels_last: bool = True
@@ -270,6 +274,8 @@ class GANConfig:
 
     def validate(self) -> None:
         problems = []
+        if self.num_workers < -1:
+            problems.append(f"num_workers {self.num_workers} must be >= 0, or -1 for the CPU count")
         if self.levels < 0 or self.width < 0 or self.d_layers < 1 or self.d_width < 1:
             problems.append("d_layers and d_width must be >= 1, levels and width >= 0 (0: the size's preset)")
         if self.arch not in ("lean", "classic"):

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from sketch2image import parallel
 from sketch2image.configs import TOMConfig
-from sketch2image.data.images import ImageFolder
+from sketch2image.data.images import ImageFolder, load_uint8
 from sketch2image.data.ink import THRESHOLDS, InkReport, ink_fraction
-from sketch2image.errors import CheckpointError, S2IError
+from sketch2image.errors import CheckpointError, InputError, S2IError
 from sketch2image.nets.tom import SketchGenerator, binarize
 from sketch2image.nets.vgg import VGGEncoder, load_vgg
 from sketch2image.storage import (
@@ -38,6 +40,7 @@ from sketch2image.storage import (
 
 log = logging.getLogger("sketch2image")
 SNAPSHOT_DIR = "snapshots"
+SKETCH_MANIFEST_FILE = "manifest.json"
 
 
 def save_snapshot(folder: Path, index: int, step: int, g: torch.nn.Module, cfg: TOMConfig, variant: str) -> Path:
@@ -123,14 +126,6 @@ class TOMSketcher(torch.nn.Module):
         return binarize(out, threshold) if threshold is not None else out
 
 
-def _save_png(t: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (t.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    Image.fromarray(arr, mode="L").save(path)
-
-
 def _check_ink(reports: dict[str, InkReport], run_dir: Path, what: str) -> None:
     bad = {name: r for name, r in reports.items() if r.failed}
     if bad:
@@ -159,6 +154,31 @@ def _draw(sketcher: TOMSketcher, images: torch.Tensor, threshold: float | None):
 PROBE_IMAGES = 32
 
 
+class _Images(torch.utils.data.Dataset):
+    """An image folder's files decoded on demand; an unreadable file comes back as its reason, not raised."""
+
+    def __init__(self, folder: ImageFolder) -> None:
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            return {"index": i, "image": load_uint8(self.folder.paths[i], self.folder.size)}
+        except InputError as e:
+            return {"index": i, "error": str(e)}
+
+
+def _collate(items: list[dict]) -> dict:
+    good = [it for it in items if "image" in it]
+    return {
+        "index": [it["index"] for it in good],
+        "image": torch.stack([it["image"] for it in good]) if good else None,
+        "errors": [(it["index"], it["error"]) for it in items if "error" in it],
+    }
+
+
 def sketch_folder(
     run_dir: Path,
     images: Path,
@@ -170,6 +190,7 @@ def sketch_folder(
     device: str = "cpu",
     progress: bool = True,
     ink_check: bool = True,
+    num_workers: int = 0,
 ) -> Path:
     """Sketch every image of a folder with all snapshots; returns the manifest path.
 
@@ -177,54 +198,97 @@ def sketch_folder(
     a snapshot drawing mostly blank or solid sketches (``data/ink.py``) stops the job there. The
     ink of every snapshot over the whole folder is printed and recorded in the manifest, and
     checked again before the manifest is written. ``ink_check=False`` only reports.
+
+    Scale: images are decoded by ``num_workers`` DataLoader processes, PNGs are written by a thread
+    pool while the next batch is drawn, and under torchrun / ``accelerate launch`` every process
+    sketches its share of the batches; the main process then writes the one manifest. An unreadable
+    image is reported, listed in the manifest's ``skipped`` and left out.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    world, rank = parallel.world()
     sketcher = TOMSketcher.from_pretrained(run_dir, device=device)
     size = size or sketcher.cfg.size
-    dataset = ImageFolder(images, size, progress=progress)
+    dataset = ImageFolder(images, size, verify=False, progress=progress and rank == 0)  # a listing, no decoding
     out_dir = Path(out_dir)
     k = len(sketcher.names)
     spread = torch.linspace(0, len(dataset) - 1, min(PROBE_IMAGES, len(dataset))).long().unique().tolist()
-    probe = torch.stack([dataset[i]["image"] for i in spread]).to(device)
-    _, ink, finite = zip(*(_draw(sketcher, chunk, threshold) for chunk in probe.split(batch_size)), strict=True)
-    if ink_check:
-        _check_ink(_ink_reports(sketcher.names, list(ink), list(finite)), run_dir, f"{len(spread)} probe images")
+    probe = [b["image"] for b in (_collate([_Images(dataset)[i]]) for i in spread) if b["image"] is not None]
+    if probe and ink_check:
+        probe_t = torch.cat(probe).float().div_(255).to(device)
+        _, ink, finite = zip(*(_draw(sketcher, chunk, threshold) for chunk in probe_t.split(batch_size)), strict=True)
+        _check_ink(_ink_reports(sketcher.names, list(ink), list(finite)), run_dir, f"{len(probe)} probe images")
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    items, inks, finites, written = [], [], [], []
-    for batch in tqdm(loader, desc=f"sketching x{k}", disable=not progress):
-        sketches, ink, finite = _draw(sketcher, batch["image"].to(device), threshold)
-        inks.append(ink)
-        finites.append(finite)
-        for i, (sid, idx) in enumerate(zip(batch["id"], batch["index"].tolist(), strict=True)):
-            rel = []
-            for j in range(k):
-                path = Path(f"s{j:02d}") / f"{sid}.png"
-                _save_png(sketches[i, j], out_dir / path)
-                written.append(out_dir / path)
-                rel.append(path.as_posix())
-            items.append({"id": sid, "image": dataset.paths[idx].relative_to(dataset.root).as_posix(), "sketches": rel})
+    chunks = [list(range(i, min(i + batch_size, len(dataset)))) for i in range(0, len(dataset), batch_size)]
+    loader = DataLoader(_Images(dataset), batch_sampler=chunks[rank::world], num_workers=num_workers,
+                        collate_fn=_collate, pin_memory=torch.device(device).type == "cuda",
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    rows, errors, written = [], [], []  # rows: (index, ink (K,), finite (K,))
+    with ThreadPoolExecutor(4) as pool:
+        pending = []
+        for batch in tqdm(loader, desc=f"sketching x{k}", disable=not progress or rank != 0):
+            errors += batch["errors"]
+            if batch["image"] is None:
+                continue
+            sketches, ink, finite = _draw(sketcher, batch["image"].to(device).float().div_(255), threshold)
+            pixels = (sketches.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            for n, i in enumerate(batch["index"]):
+                rows.append((i, ink[n], finite[n]))
+                for j in range(k):
+                    path = out_dir / f"s{j:02d}" / f"{dataset.ids[i]}.png"
+                    pending.append(pool.submit(_write_png, pixels[n, j].numpy(), path))
+                    written.append(path)
+            if len(pending) > 64 * k:  # bounded: the writers keep up, or the loop waits for them
+                for f in pending:
+                    f.result()
+                pending = []
+        for f in pending:
+            f.result()
+    if world > 1:
+        rows, errors, written = (sum(parallel.gather(x, world), []) for x in (rows, errors, written))
+    if rank != 0:
+        return out_dir / SKETCH_MANIFEST_FILE
+    for _, why in errors:
+        log.warning("skipping %s", why)
+    rows.sort(key=lambda r: r[0])
+    if not rows:
+        raise InputError(f"{images}: none of the {len(dataset)} image files could be read")
+    inks, finites = [torch.stack([r[1] for r in rows])], [torch.stack([r[2] for r in rows])]
     reports = _ink_reports(sketcher.names, inks, finites)
     for name, r in reports.items():
         log.info("%s: %s over %d images", name, r, r.n)
     try:
         if ink_check:
-            _check_ink(reports, run_dir, f"the {len(dataset)} images of {images}")
+            _check_ink(reports, run_dir, f"the {len(rows)} images of {images}")
     except S2IError:
         for p in written:  # no half-usable output: the sketches go, no manifest is written
-            p.unlink(missing_ok=True)
+            Path(p).unlink(missing_ok=True)
         raise
+    items = [{"id": dataset.ids[i], "image": dataset.paths[i].relative_to(dataset.root).as_posix(),
+              "sketches": [f"s{j:02d}/{dataset.ids[i]}.png" for j in range(k)]} for i, _, _ in rows]  # fmt: skip
+    root = Path(dataset.root).resolve()
     manifest = {
         "format": SKETCH_MANIFEST_FORMAT,
         "tom_run": str(Path(run_dir).resolve()),
-        "images_root": str(Path(dataset.root).resolve()),
+        # Relative to the manifest's folder, so that a data folder can be moved or mounted elsewhere; the
+        # absolute path is the fallback when only the sketches moved.
+        "images_root": os.path.relpath(root, out_dir.resolve()),
+        "images_root_absolute": str(root),
         "size": size,
         "snapshots": sketcher.names,
         "threshold": threshold,
         "ink": {name: r.as_dict() for name, r in reports.items()},
         "ink_thresholds": THRESHOLDS,
-        "skipped": [str(p) for p, _ in dataset.skipped],
+        "skipped": [str(dataset.paths[i]) for i, _ in sorted(errors)],
         "items": items,
     }
-    path = out_dir / "manifest.json"
+    path = out_dir / SKETCH_MANIFEST_FILE
     atomic_write_json(path, manifest)
     return path
+
+
+def _write_png(pixels, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode="L").save(path)

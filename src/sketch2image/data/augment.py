@@ -22,10 +22,14 @@ def random_affine(
     max_shift: float = 0.15,
     flip_p: float = 0.5,
     generator: torch.Generator | None = None,
+    rand: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Warp each image by its own random rotation/scale/shift/flip; borders are reflected."""
+    """Warp each image by its own random rotation/scale/shift/flip; borders are reflected.
+
+    ``rand``: the (B, 5) uniform numbers to use (``affine_rand``), drawn ahead of the step.
+    """
     b, device = images.shape[0], images.device
-    rand = torch.rand(b, 5, generator=generator, device="cpu").to(device)
+    rand = (affine_rand(b, generator) if rand is None else rand).to(device)
     angle = (rand[:, 0] * 2 - 1) * math.radians(max_rotate)
     # scale > 1 zooms in (a crop), < 1 zooms out
     scale = min_scale + rand[:, 1] * (max_scale - min_scale)
@@ -39,15 +43,33 @@ def random_affine(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def affine_rand(b: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The random numbers ``random_affine`` uses for a batch of ``b`` (CPU, so any device draws alike)."""
+    return torch.rand(b, 5, generator=generator, device="cpu")
+
+
+def mask_rand(b: int, regions: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The random numbers ``mask_regions`` uses for a batch of ``b``."""
+    return torch.rand(b, regions, 4, generator=generator, device="cpu")
+
+
 def mask_regions(
-    sketches: torch.Tensor, *, regions: int = 4, max_frac: float = 0.2, generator: torch.Generator | None = None
+    sketches: torch.Tensor,
+    *,
+    regions: int = 4,
+    max_frac: float = 0.2,
+    generator: torch.Generator | None = None,
+    rand: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Paint ``regions`` random rectangles per sketch white (the background), breaking lines."""
+    """Paint ``regions`` random rectangles per sketch white (the background), breaking lines.
+
+    ``rand``: the (B, regions, 4) uniform numbers to use (``mask_rand``), drawn ahead of the step.
+    """
     b, _, h, w = sketches.shape
     if regions <= 0 or max_frac <= 0:
         return sketches
     device = sketches.device
-    r = torch.rand(b, regions, 4, generator=generator, device="cpu").to(device)
+    r = (mask_rand(b, regions, generator) if rand is None else rand).to(device)
     size_h, size_w = (r[..., 0] * max_frac * h).clamp(min=1), (r[..., 1] * max_frac * w).clamp(min=1)
     top, left = r[..., 2] * (h - size_h), r[..., 3] * (w - size_w)
     ys = torch.arange(h, device=device).view(1, 1, h, 1)
@@ -62,10 +84,16 @@ def mask_regions(
     return torch.where(hole, torch.ones_like(sketches), sketches)
 
 
-def thicken(sketches: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """With probability ``p`` per sketch, make dark lines one pixel bolder on each side."""
+def thicken(
+    sketches: torch.Tensor, p: float, generator: torch.Generator | None = None, rand: torch.Tensor | None = None
+) -> torch.Tensor:
+    """With probability ``p`` per sketch, make dark lines one pixel bolder on each side.
+
+    ``rand``: the (B,) uniform numbers to use, drawn ahead of the step.
+    """
     if p <= 0:
         return sketches
-    pick = (torch.rand(sketches.shape[0], generator=generator, device="cpu") < p).to(sketches.device)
+    rand = torch.rand(sketches.shape[0], generator=generator, device="cpu") if rand is None else rand
+    pick = (rand < p).to(sketches.device)
     bold = -F.max_pool2d(-sketches, 3, 1, 1)
     return torch.where(pick[:, None, None, None], bold, sketches)

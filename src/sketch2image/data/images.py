@@ -25,6 +25,7 @@ __all__ = [
     "MAX_PIXELS",
     "ImageFolder",
     "as_rgb",
+    "load_uint8",
     "open_rgb",
     "resize_square",
     "scan_images",
@@ -129,6 +130,11 @@ def _to_uint8(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+def load_uint8(path: str | os.PathLike[str], size: int) -> torch.Tensor:
+    """A file as a 3x``size``x``size`` uint8 tensor (shorter side scaled, centre-cropped); raises InputError."""
+    return _to_uint8(resize_square(open_rgb(path, draft=size), size))
+
+
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """float32 CxHxW tensor in [0, 1] (non-RGB inputs go through the same conversion as open_rgb)."""
     return _to_uint8(img).float().div_(255.0)
@@ -228,7 +234,7 @@ class ImageFolder(Dataset):
         return len(self.paths)
 
     def _load_uint8(self, index: int) -> torch.Tensor:
-        return _to_uint8(resize_square(open_rgb(self.paths[index], draft=self.size), self.size))
+        return load_uint8(self.paths[index], self.size)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str | int]:
         if not -len(self) <= index < len(self):

@@ -15,6 +15,8 @@ report's JSON and markdown are ``metrics/report.py``.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -22,15 +24,20 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from sketch2image import __version__
+from sketch2image.data.images import ImageFolder, load_uint8, to_grey
 from sketch2image.errors import InputError
 from sketch2image.metrics import functional as M
-from sketch2image.metrics.reference import reference_features
+from sketch2image.metrics.reference import load_reference, reference_key, store_reference
 from sketch2image.metrics.registry import DEFAULT_METRICS, REGISTRY, load_lpips, parse_metrics
 from sketch2image.metrics.report import REPORT_FORMAT, machine_description
+from sketch2image.parallel import gather
+from sketch2image.parallel import world as parallel_world
 
 
 @lru_cache(maxsize=2)
@@ -100,10 +107,103 @@ def _summary(values: torch.Tensor) -> dict:
     return {"value": values.mean().item(), "std": values.std().item() if len(values) > 1 else 0.0, "n": len(values)}
 
 
+class TensorPairs(Dataset):
+    """Held-out pairs already in memory: images (N, 3, S, S) and grey sketches (N, 1, S, S) in [0, 1]."""
+
+    def __init__(self, images: torch.Tensor, sketches: torch.Tensor) -> None:
+        if len(images) != len(sketches):
+            raise InputError(f"{len(images)} images but {len(sketches)} sketches")
+        self.images, self.sketches = images, sketches
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        i, j = key
+        item = {"index": i, "image": self.images[i]}
+        if j >= 0:
+            item.update(sketch=self.sketches[i], style=self.images[j])
+        return item
+
+
+class HeldOutPairs(Dataset):
+    """Held-out images and their sketches from two folders, matched by file id, decoded on demand.
+
+    Only the folder listings are read up front (``limit`` applies to them), so memory does not grow
+    with the test set. An unreadable file is an error, not a skipped pair: an evaluation must not
+    quietly shrink its test set.
+    """
+
+    def __init__(self, images: Path, sketches: Path, size: int, limit: int | None = None) -> None:
+        imgs = ImageFolder(images, size, verify=False, progress=False)
+        skts = ImageFolder(sketches, size, verify=False, progress=False)
+        common = sorted(set(imgs.ids) & set(skts.ids))
+        if not common:
+            raise InputError(f"{images} and {sketches}: no file ids in common (pairs are matched by relative name)")
+        common = common[:limit] if limit is not None else common
+        ii, si = {s: n for n, s in enumerate(imgs.ids)}, {s: n for n, s in enumerate(skts.ids)}
+        self.ids, self.size = common, size
+        self.image_paths = np.array([str(imgs.paths[ii[s]]) for s in common])
+        self.sketch_paths = np.array([str(skts.paths[si[s]]) for s in common])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        i, j = key
+        try:
+            item = {"index": i, "image": load_uint8(self.image_paths[i], self.size)}
+            if j >= 0:
+                item["sketch"] = load_uint8(self.sketch_paths[i], self.size)  # RGB: made grey on the device
+                item["style"] = item["image"] if j == i else load_uint8(self.image_paths[j], self.size)
+        except InputError as e:
+            return {"index": i, "error": str(e)}
+        return item
+
+
+def _collate(items: list[dict]) -> dict:
+    errors = [it["error"] for it in items if "error" in it]
+    if errors:
+        return {"error": errors[0]}
+    out = {"index": torch.tensor([it["index"] for it in items])}
+    for name in ("image", "sketch", "style"):
+        if name in items[0]:
+            out[name] = torch.stack([it[name] for it in items])
+    return out
+
+
+def _on(batch: dict, name: str, device: torch.device) -> torch.Tensor:
+    """A batch's tensor on the device in [0, 1]; sketches grey (uint8 travels, the conversion happens there)."""
+    x = batch[name].to(device, non_blocking=True)
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x
+    return to_grey(x) if name == "sketch" and x.shape[1] == 3 else x
+
+
+def _batches(data: Dataset, keys: list[tuple[int, int]], batch_size: int, workers: int, world: tuple[int, int]):
+    """The batches of ``keys`` that belong to this process (every world[0]-th, from world[1])."""
+    chunks = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+    mine = chunks[world[1] :: world[0]]
+    workers = workers if isinstance(data, HeldOutPairs) else 0
+    loader = DataLoader(data, batch_sampler=mine, collate_fn=_collate, num_workers=workers,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    for batch in loader:
+        if "error" in batch:
+            raise InputError(f"unreadable file in the evaluation data: {batch['error']}")
+        yield batch
+
+
+def _in_order(world: tuple[int, int], rows: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """(index, values) pieces from every process → the values of all rows in index order."""
+    rows = [r for part in gather(rows, world[0]) for r in part]
+    index = torch.cat([i for i, _ in rows])
+    values = torch.cat([v for _, v in rows])
+    return values[index.argsort()]
+
+
 def evaluate(
     model,
-    images: torch.Tensor,
-    sketches: torch.Tensor,
+    images: torch.Tensor | Dataset,
+    sketches: torch.Tensor | None = None,
     metrics: list[str] | tuple[str, ...] = DEFAULT_METRICS,
     *,
     refine: bool = True,
@@ -113,47 +213,70 @@ def evaluate(
     inception_path: str | None = None,
     progress: bool = True,
     bootstrap: int = 0,
+    num_workers: int = 0,
 ) -> dict:
-    """All requested metrics of ``model`` on held-out (images, sketches) matched by position.
+    """All requested metrics of ``model`` on a held-out set; returns a report dict.
 
-    ``images`` (N, 3, S, S) and ``sketches`` (N, 1, S, S), in [0, 1]; returns a report dict.
-    ``bootstrap`` > 0 adds ``bootstrap_std`` to FID and KID: their spread over that many resamples of
-    the held-out set.
+    ``images``: a ``HeldOutPairs`` (streamed from disk by ``num_workers`` DataLoader workers), or
+    tensors ``images`` (N, 3, S, S) and ``sketches`` (N, 1, S, S) in [0, 1] matched by position.
+    Only per-sample values and Inception features (2 × 8 KB per image) are kept, never the images.
+    Under torchrun / ``accelerate launch`` every process evaluates its share of the batches and all
+    of them return the whole report. ``bootstrap`` > 0 adds ``bootstrap_std`` to FID and KID: their
+    spread over that many resamples of the held-out set.
     """
     names = parse_metrics(list(metrics))
-    if len(images) != len(sketches):
-        raise InputError(f"{len(images)} images but {len(sketches)} sketches")
+    data = images if sketches is None else TensorPairs(images, sketches)
+    n, world = len(data), parallel_world()
     ctx = EvalContext(model, model.device, inception_path)
     chosen = [REGISTRY[n] for n in names]
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
+    want_inception = any(m.name in ("fid", "kid") for m in chosen)
+    real, cached, key = None, False, ""
+    if want_inception:  # the real images' features come from the cache when their pixels were seen before
+        key = reference_key(ctx, _image_digests(data, batch_size, num_workers, world))
+        real = load_reference(key, cache_dir)
+        cached = real is not None
+    size = None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for task in ("mismatched", "paired"):
             todo = [m for m in chosen if m.task == task]
             if not todo:
                 continue
-            style_index = derangement(len(images), seed) if task == "mismatched" else torch.arange(len(images))
-            per_sample = {m.name: [] for m in todo if m.per_sample is not None}
-            fake_feats = []
-            want_inception = any(m.name in ("fid", "kid") for m in todo)
-            for i in tqdm(range(0, len(images), batch_size), desc=f"evaluating ({task})", disable=not progress):
-                idx = torch.arange(i, min(i + batch_size, len(images)))
-                sk = sketches[idx].to(ctx.device)
-                style = images[style_index[idx]].to(ctx.device)
-                target = images[idx].to(ctx.device)
+            style_index = derangement(n, seed) if task == "mismatched" else torch.arange(n)
+            keys = [(i, int(style_index[i])) for i in range(n)]
+            per_sample: dict[str, list] = {m.name: [] for m in todo if m.per_sample is not None}
+            fake_rows, real_rows, floor_rows = [], [], []
+            need_fake = any(m.name in ("fid", "kid") for m in todo)
+            need_floor = any(m.name == "skt_rec" for m in todo)
+            batches = _batches(data, keys, batch_size, num_workers, world)
+            total = math.ceil(math.ceil(n / batch_size) / world[0])
+            for batch in tqdm(batches, total=total, desc=f"evaluating ({task})", disable=not progress):
+                idx = batch["index"]
+                sk, style, target = (_on(batch, k, ctx.device) for k in ("sketch", "style", "image"))
+                size = int(target.shape[-1])
                 out = model.decode(sk, model.style_vectors(style), refine).to(ctx.device)
                 with torch.inference_mode():
                     for m in todo:
                         if m.per_sample is not None:
-                            per_sample[m.name].append(m.per_sample(ctx, out, sk, style, target).float().cpu())
-                    if want_inception:
-                        fake_feats.append(ctx.inception(out).cpu())
-            for name, vals in per_sample.items():
-                results[name] = _summary(torch.cat(vals))
-            if want_inception:
-                fake = torch.cat(fake_feats)
-                real, cached = reference_features(ctx, images, batch_size, cache_dir, progress)
+                            per_sample[m.name].append((idx, m.per_sample(ctx, out, sk, style, target).float().cpu()))
+                    if need_fake:
+                        fake_rows.append((idx, ctx.inception(out).cpu()))
+                        if real is None:
+                            real_rows.append((idx, ctx.inception(target).cpu()))
+                    if need_floor:  # what TOM's redrawing of the *real* image scores: the floor to compare with
+                        floor_rows.append((idx, M.sketch_distance(ctx.tom, target, sk).float().cpu()))
+            for name, rows in per_sample.items():
+                results[name] = _summary(_in_order(world, rows))
+            if need_floor:
+                results["skt_rec"]["real_images"] = _in_order(world, floor_rows).mean().item()
+            if need_fake:
+                fake = _in_order(world, fake_rows)
+                if real is None:
+                    real = _in_order(world, real_rows)
+                    if world[1] == 0:
+                        store_reference(key, real, cache_dir)
                 counts = {"n_generated": len(fake), "n_reference": len(real), "reference_cached": cached}
                 if "fid" in names:
                     results["fid"] = {"value": M.fid_from_features(real, fake), **counts}
@@ -161,9 +284,9 @@ def evaluate(
                         results["fid"]["bootstrap_std"] = M.bootstrap_spread(real, fake, M.fid_from_features,
                                                                              bootstrap, seed)  # fmt: skip
                 if "kid" in names:
-                    mean, std, size = M.kid_from_features(real, fake, seed=seed)
-                    results["kid"] = {"value": mean, "subset_size": size, **counts}
-                    if size < min(len(real), len(fake)):  # with one subset of everything a std means nothing
+                    mean, std, subset = M.kid_from_features(real, fake, seed=seed)
+                    results["kid"] = {"value": mean, "subset_size": subset, **counts}
+                    if subset < min(len(real), len(fake)):  # with one subset of everything a std means nothing
                         results["kid"]["std"] = std
                     if bootstrap:
 
@@ -171,19 +294,6 @@ def evaluate(
                             return M.kid_from_features(r, f, subsets=10, seed=seed)[0]
 
                         results["kid"]["bootstrap_std"] = M.bootstrap_spread(real, fake, kid, bootstrap, seed)
-    if "skt_rec" in results:  # what TOM's redrawing of the *real* image scores: the floor to compare with
-        with torch.inference_mode():
-            ref = torch.cat(
-                [
-                    M.sketch_distance(
-                        ctx.tom, images[i : i + batch_size].to(ctx.device), sketches[i : i + batch_size].to(ctx.device)
-                    )
-                    .float()
-                    .cpu()
-                    for i in range(0, len(images), batch_size)
-                ]
-            )
-        results["skt_rec"]["real_images"] = ref.mean().item()
     for name in names:
         m = REGISTRY[name]
         results[name] = {**results[name], "better": m.better, "task": m.task, "description": m.description}
@@ -191,13 +301,25 @@ def evaluate(
         "format": REPORT_FORMAT,
         "version": __version__,
         "metrics": {n: results[n] for n in names},
-        "n_test": len(images),
-        "size": int(images.shape[-1]),
+        "n_test": n,
+        "size": size,
         "refine": bool(refine and getattr(model, "refiner", None) is not None),
         "seed": seed,
         "seconds": round(time.perf_counter() - t0, 1),
         "machine": machine_description(),
     }
+
+
+def _image_digests(data, batch_size: int, workers: int, world) -> list[str]:
+    """sha256 of every image's uint8 pixels, in order: a pass that only decodes, sharded like the rest."""
+    rows = []
+    for batch in _batches(data, [(i, -1) for i in range(len(data))], batch_size, workers, world):
+        pixels = batch["image"]
+        pixels = pixels if pixels.dtype == torch.uint8 else (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+        rows.append((batch["index"], [hashlib.sha256(p.contiguous().numpy().tobytes()).hexdigest() for p in pixels]))
+    rows = [r for part in gather(rows, world[0]) for r in part]
+    digests = dict(kv for index, hexes in rows for kv in zip(index.tolist(), hexes, strict=True))
+    return [digests[i] for i in range(len(data))]
 
 
 def held_out_dirs(data: str | os.PathLike) -> tuple[Path, Path]:
@@ -219,12 +341,21 @@ def held_out_dirs(data: str | os.PathLike) -> tuple[Path, Path]:
 def load_held_out(
     images: Path, sketches: Path, size: int, limit: int | None = None
 ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    from sketch2image.data.paired import load_pairs_by_id
+    """The held-out pairs as tensors in memory (small sets that are scored many times, e.g. an ablation);
+    ``s2i eval`` streams them with ``HeldOutPairs`` instead."""
+    pairs = HeldOutPairs(Path(images), Path(sketches), size, limit)
+    batch = next(iter(_batches(pairs, [(i, i) for i in range(len(pairs))], len(pairs), 0, (1, 0))))
+    return pairs.ids, batch["image"].float().div_(255), to_grey(batch["sketch"].float().div_(255))
 
-    ids, x, s = load_pairs_by_id(Path(images), Path(sketches), size, strict=True)
-    if limit is not None:
-        ids, x, s = ids[:limit], x[:limit], s[:limit]
-    return ids, x, s
 
-
-__all__ = ["DEFAULT_METRICS", "REGISTRY", "EvalContext", "derangement", "evaluate", "held_out_dirs", "load_held_out"]
+__all__ = [
+    "DEFAULT_METRICS",
+    "REGISTRY",
+    "EvalContext",
+    "HeldOutPairs",
+    "TensorPairs",
+    "derangement",
+    "evaluate",
+    "held_out_dirs",
+    "load_held_out",
+]

@@ -42,7 +42,9 @@ def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     _check_features(real, fake)
-    metric = FrechetInceptionDistance(feature=_Features(real.shape[1]))
+    # sync_on_compute off: the features given are already everything (under torchrun, torchmetrics would
+    # otherwise all-gather them again from every process and count each sample once per process).
+    metric = FrechetInceptionDistance(feature=_Features(real.shape[1]), sync_on_compute=False)
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     return float(metric.compute())
@@ -61,7 +63,8 @@ def kid_from_features(
     size = min(subset_size, len(real), len(fake))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*save all extracted features.*")  # we pass features, not images
-        metric = KernelInceptionDistance(feature=_Features(real.shape[1]), subsets=subsets, subset_size=size)
+        metric = KernelInceptionDistance(feature=_Features(real.shape[1]), subsets=subsets, subset_size=size,
+                                         sync_on_compute=False)  # fmt: skip
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     with torch.random.fork_rng(devices=[]):

@@ -1,5 +1,5 @@
-"""Inception features of the real images, cached on disk by the sha256 of their pixels, the image
-size and the extractor's own checksum, never by a name."""
+"""Inception features of the real images, cached on disk by the sha256 of their pixels (image by
+image, in order) and the extractor's own checksum, never by a name."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from sketch2image.storage import load_tensors, save_tensors, tensors_metadata
 
@@ -19,34 +18,35 @@ def _default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "sketch2image"
 
 
-def _features(ctx, images: torch.Tensor, batch_size: int, desc: str, progress: bool) -> torch.Tensor:
-    rows = []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
-        rows.append(ctx.inception(images[i : i + batch_size].to(ctx.device)).cpu())
-    return torch.cat(rows)
-
-
-def reference_features(
-    ctx, images: torch.Tensor, batch_size: int, cache_dir: Path | None, progress: bool
-) -> tuple[torch.Tensor, bool]:
-    """Inception features of the real images, cached by content hash. Returns (features, from cache)."""
+def reference_key(ctx, digests: list[str]) -> str:
+    """The cache key of a reference set: its images' pixel digests, in order, and the extractor."""
     from sketch2image.metrics.inception import PREPROCESS
 
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
     h = hashlib.sha256()
-    h.update(json.dumps({"shape": list(pixels.shape), "extractor": ctx.inception.sha256, "prep": PREPROCESS}).encode())
-    h.update(pixels.numpy().tobytes())
-    key = h.hexdigest()
-    file = (cache_dir or _default_cache_dir()) / "fid_reference" / f"{key}.safetensors"
+    h.update(json.dumps({"n": len(digests), "extractor": ctx.inception.sha256, "prep": PREPROCESS}).encode())
+    for d in digests:
+        h.update(d.encode())
+    return h.hexdigest()
+
+
+def _file(key: str, cache_dir: Path | None) -> Path:
+    return (cache_dir or _default_cache_dir()) / "fid_reference" / f"{key}.safetensors"
+
+
+def load_reference(key: str, cache_dir: Path | None) -> torch.Tensor | None:
+    """Cached features for ``key``, or None (a damaged entry is recomputed, never trusted)."""
+    file = _file(key, cache_dir)
     if file.is_file():
         try:
             if tensors_metadata(file).get("key") == key:
-                return load_tensors(file)["features"], True
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
+                return load_tensors(file)["features"]
+        except Exception:  # noqa: BLE001
             pass
-    feats = _features(ctx, images, batch_size, "Inception (reference)", progress)
+    return None
+
+
+def store_reference(key: str, feats: torch.Tensor, cache_dir: Path | None) -> None:
     try:
-        save_tensors({"features": feats.contiguous()}, file, {"key": key, "n": str(len(feats))})
+        save_tensors({"features": feats.contiguous()}, _file(key, cache_dir), {"key": key, "n": str(len(feats))})
     except OSError:
         pass  # a read-only cache only costs time
-    return feats, False

@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from sketch2image.configs import AEConfig
-from sketch2image.data.augment import mask_regions, random_affine, thicken
-from sketch2image.data.paired import PairedData
+from sketch2image.data.augment import affine_rand, mask_rand, mask_regions, random_affine, thicken
+from sketch2image.data.paired import PairedData, PairedFiles, as_float, pairs_at
 from sketch2image.errors import S2IError
 from sketch2image.figures import save_grid
 from sketch2image.losses import content_triplet, style_triplet, uniform_kl, uniform_prediction_loss
@@ -31,25 +31,27 @@ from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.storage import atomic_write_json
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.common import adam, make_accelerator, prepare_run_dir, run_steps, seed_everything, speed_up
-from sketch2image.train.distributed import gather, local_rows
+from sketch2image.train.distributed import check_shared, gather, load_pairs, local_rows
+from sketch2image.train.feed import Feed, StepPlan, states, workers_for
 from sketch2image.train.guard import FiniteGuard
+from sketch2image.train.memory import MEMORY_ADVICE, check_memory, estimate
 
 
 class AETrainer(ckpt.Checkpointed):
-    """Networks, optimisers, the momentum-classifier state, and one training step."""
+    """Networks, optimisers, the momentum-classifier state, the data feed and one training step."""
 
     def __init__(
         self,
         cfg: AEConfig,
-        n_images: int,
+        data: PairedFiles | PairedData,
         accelerator: Accelerator,
         vgg: nn.Module | None = None,
         run_dir: Path | None = None,
     ):
         cfg.validate()
-        self.cfg, self.acc, self.n = cfg, accelerator, n_images
+        self.cfg, self.acc, self.data, self.n = cfg, accelerator, data, len(data)
         self.guard = FiniteGuard("AE", accelerator, run_dir)
-        self.k = min(cfg.cls_k, n_images)
+        self.k = min(cfg.cls_k, self.n)
         if cfg.w_style_cls or cfg.w_content_mi:
             if self.k < cfg.batch_size:
                 raise S2IError(
@@ -72,21 +74,28 @@ class AETrainer(ckpt.Checkpointed):
         # A round lasts until each of its k images has been seen about cls_views times (or cls_every steps).
         self.round_steps = cfg.cls_every or math.ceil(cfg.cls_views * self.k / cfg.batch_size)
         self.round_acc: list[float] = []  # the head's batch accuracy, this round
-        # Seeded alike on every rank: each rank draws the same global batch and augmentation and keeps its
-        # own rows (train/distributed.py), so the run does not depend on the number of processes.
+        # Seeded alike on every rank: each rank plans the same global batch and augmentation and loads
+        # its own rows (train/feed.py, train/distributed.py), so the run does not depend on the number
+        # of processes.
         self.rows = local_rows(accelerator, cfg.batch_size)
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 7 + 1)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed * 7 + 2)
+        self.feed = Feed(data, self.planner, {"data_gen": self.data_gen, "aug_gen": self.aug_gen}, self.rows,
+                         last=cfg.steps, device=accelerator.device, num_workers=cfg.num_workers)  # fmt: skip
 
     @property
     def uses_classes(self) -> bool:
         return bool(self.cfg.w_style_cls or self.cfg.w_content_mi)
 
+    def round_draw(self, round_: int) -> tuple[torch.Tensor, torch.Generator]:
+        """A round's subset of k images, and the generator that then initialises its head."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + round_)
+        return torch.randperm(self.n, generator=g)[: self.k], g
+
     def start_round(self, round_: int) -> None:
         """New subset of k images, labels = their position in it, fresh head and head optimiser."""
         self.round = round_
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + round_)
-        self.subset = torch.randperm(self.n, generator=g)[: self.k]
+        self.subset, g = self.round_draw(round_)
         head = self.acc.unwrap_model(self.head)
         with torch.no_grad():
             bound = 1 / math.sqrt(head.in_features)
@@ -95,50 +104,63 @@ class AETrainer(ckpt.Checkpointed):
         self.opt_head.state.clear()
         self.round_acc = []
 
-    def sample(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dataset indices and class labels for the batch of ``step`` (1-based)."""
-        if self.uses_classes:
-            r = (step - 1) // self.round_steps
-            if r != self.round:
-                self.start_round(r)
-            pos = torch.randperm(self.k, generator=self.data_gen)[: self.cfg.batch_size]
-            return self.subset[pos], pos
-        idx = torch.randperm(self.n, generator=self.data_gen)[: self.cfg.batch_size]
-        return idx, torch.zeros_like(idx)
+    def planner(self, gens: dict[str, torch.Generator]):
+        """The plan of every step (``train/feed.py``): indices and class labels from ``data_gen``, the
+        augmentation's random numbers and the two sketches of each row from ``aug_gen``."""
+        cfg, b, k_sk = self.cfg, self.cfg.batch_size, self.data.k
+        data_gen, aug_gen = gens["data_gen"], gens["aug_gen"]
+        subsets: dict[int, torch.Tensor] = {}
+        masks = cfg.mask_regions > 0 and cfg.mask_max_frac > 0
 
-    def losses(self, images: torch.Tensor, sketches: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every enabled loss term for one global batch (images (B,3,S,S), sketches (B,K,1,S,S)).
+        def plan(step: int) -> StepPlan:
+            rand: dict = {}
+            if self.uses_classes:
+                r = (step - 1) // self.round_steps
+                if r not in subsets:
+                    subsets.clear()
+                    subsets[r] = self.round_draw(r)[0]
+                pos = torch.randperm(self.k, generator=data_gen)[:b]
+                index, rand["labels"], rand["round"] = subsets[r][pos], pos, r
+            else:
+                index = torch.randperm(self.n, generator=data_gen)[:b]
+                rand["labels"] = torch.zeros_like(index)
+            rand["affine"] = affine_rand(b, aug_gen)
+            pick = torch.randint(k_sk, (b,), generator=aug_gen)
+            other = (pick + torch.randint(1, max(k_sk, 2), (b,), generator=aug_gen)) % k_sk  # another when K > 1
+            if masks:
+                rand["mask"] = mask_rand(b, cfg.mask_regions, aug_gen)
+            if cfg.thicken_p > 0:
+                rand["thick"] = torch.rand(b, generator=aug_gen)
+            if cfg.w_content_triplet and masks:
+                rand["mask_pos"] = mask_rand(b, cfg.mask_regions, aug_gen)
+            picks = torch.stack([pick, other], 1) if cfg.w_content_triplet else pick[:, None]
+            return StepPlan(step, index, picks, rand, states(gens))
 
-        The augmentation is drawn for the whole global batch; the networks run on this rank's rows.
-        """
-        cfg, g = self.cfg, self.aug_gen
-        b, k = sketches.shape[:2]
+        return plan
+
+    def losses(self, images: torch.Tensor, sketches: torch.Tensor, plan: StepPlan) -> dict[str, torch.Tensor]:
+        """Every enabled loss term for this rank's rows of a step (images (b,3,S,S), sketches (b,n,1,S,S):
+        the plan's picks), augmented with the plan's random numbers."""
+        cfg, loc = self.cfg, self.rows
+
+        def rand(name: str) -> torch.Tensor | None:
+            return plan.rand[name][loc] if name in plan.rand else None
+
         style_in = random_affine(
             images,
             max_rotate=cfg.aug_max_rotate,
             min_scale=cfg.aug_min_scale,
             max_scale=cfg.aug_max_scale,
             max_shift=cfg.aug_max_shift,
-            generator=g,
+            rand=rand("affine"),
         )
-        pick = torch.randint(k, (b,), generator=g)
-        other = (pick + torch.randint(1, max(k, 2), (b,), generator=g)) % k  # a different sketch when K > 1
-        rows = torch.arange(b)
-        skt_t = thicken(
-            mask_regions(
-                sketches[rows, pick.to(rows.device)], regions=cfg.mask_regions, max_frac=cfg.mask_max_frac, generator=g
-            ),
-            cfg.thicken_p,
-            generator=g,
-        )
-        skt_pos = None
-        if cfg.w_content_triplet:
-            skt_pos = mask_regions(
-                sketches[rows, other.to(rows.device)], regions=cfg.mask_regions, max_frac=cfg.mask_max_frac, generator=g
-            )
-        loc = self.rows
-        images, style_in, skt_t, labels = images[loc], style_in[loc], skt_t[loc], labels[loc]
-        skt_pos = skt_pos[loc] if skt_pos is not None else None
+        def masked(j: int, name: str) -> torch.Tensor:
+            return mask_regions(sketches[:, j].contiguous(), regions=cfg.mask_regions, max_frac=cfg.mask_max_frac,
+                                rand=rand(name))  # fmt: skip
+
+        skt_t = thicken(masked(0, "mask"), cfg.thicken_p, rand=rand("thick"))
+        skt_pos = masked(1, "mask_pos") if cfg.w_content_triplet else None
+        labels = plan.rand["labels"][loc].to(images.device)
         res = self.model(
             skt_t, style_in, original=images if cfg.w_style_triplet else None, other_sketch=skt_pos, features=True
         )
@@ -181,13 +203,20 @@ class AETrainer(ckpt.Checkpointed):
         }
         return sum(weights[name] * value for name, value in terms.items())
 
-    def step(self, data: PairedData, step: int) -> dict[str, float]:
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, StepPlan]:
+        """This rank's rows of step ``step`` on the device (images, the plan's sketches) and the plan;
+        a new classifier round starts here."""
+        batch, plan = self.feed.next(step)
+        if self.uses_classes and plan.rand["round"] != self.round:
+            self.start_round(plan.rand["round"])
+        return (*as_float(batch, self.acc.device), plan)
+
+    def step(self, step: int) -> dict[str, float]:
         self.guard.step = step
-        idx, labels = self.sample(step)
-        images, sketches = data.batch(idx, self.acc.device)
+        images, sketches, plan = self.batch(step)
         self.model.train()
         with self.acc.autocast():
-            terms = self.losses(images, sketches, labels.to(self.acc.device))
+            terms = self.losses(images, sketches, plan)
             loss = self.total(terms)
         # The head learns from the classification term only (the MI term uses it detached).
         opts = [self.opt, self.opt_head] if self.uses_classes else [self.opt]
@@ -216,16 +245,18 @@ class AETrainer(ckpt.Checkpointed):
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
         super().load_state(tensors, meta, source)
         self.subset, self.round = tensors["subset"], meta["round"]
+        self.feed.expect = None  # the next step plans again from the loaded generators
 
     def _parts(self) -> tuple[dict, dict, dict]:
         modules, optimizers = {"ae": self.model, "head": self.head}, {"opt": self.opt, "opt_head": self.opt_head}
         return modules, optimizers, {"data_gen": self.data_gen, "aug_gen": self.aug_gen}
 
 
-def sample_grid(trainer: AETrainer, data: PairedData, path: Path, n: int = 6) -> Path:
+def sample_grid(trainer: AETrainer, path: Path, n: int = 6) -> Path:
     """Rows: sketch | its own image as style | output | a mismatched style | output."""
-    idx = torch.linspace(0, len(data) - 1, min(n, len(data))).long()
-    images, sketches = data.batch(idx, trainer.acc.device)
+    data = trainer.data
+    idx = torch.linspace(0, len(data) - 1, min(n, len(data))).long().tolist()
+    images, sketches = pairs_at(data, idx, (0,), trainer.acc.device)
     sk = sketches[:, 0]
     other = images.roll(1, 0)
     return save_grid(path, [sk, images, trainer.generate(sk, images), other, trainer.generate(sk, other)])
@@ -235,37 +266,45 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
     cfg.validate()
     run_dir = Path(run_dir)
     acc = make_accelerator(cfg.mixed_precision)
-    data = PairedData.from_manifest(manifest, cfg.size, progress=progress and acc.is_main_process)
+    data = load_pairs(acc, manifest, cfg.size)
+    with torch.device("meta"):  # sizes only: nothing is allocated
+        counts = SketchAutoEncoder(cfg.model_config()).parameter_counts()
+    need = estimate(sum(counts.values()), 0, cfg.width, cfg.size, cfg.batch_size // acc.num_processes,
+                    workers_for(cfg.num_workers), 3 + (2 if cfg.w_content_triplet else 1), cfg.mixed_precision != "no")
+    check_memory("AE", need, acc.device, MEMORY_ADVICE)  # fmt: skip
     if acc.is_main_process:
         prepare_run_dir(run_dir, cfg, resume)
         atomic_write_json(
             run_dir / "run.json", {"data": str(Path(manifest).resolve()), "n_images": len(data), "k_sketches": data.k}
         )
     acc.wait_for_everyone()
+    check_shared(acc, run_dir)
     seed_everything(cfg.seed)
-    trainer = AETrainer(cfg, len(data), acc, run_dir=run_dir)
-    start = ckpt.resume_step(run_dir, trainer.load_state, resume)
+    trainer = AETrainer(cfg, data, acc, run_dir=run_dir)
+    start = ckpt.resume_step(run_dir, trainer.load_state, resume, acc)
     if acc.is_main_process:
-        counts = acc.unwrap_model(trainer.model).parameter_counts()
         print(
             f"AE: {len(data)} images x {data.k} sketches, {cfg.size}px, "
             + ", ".join(f"{k} {v:,}" for k, v in counts.items())
             + f" params; dmi={cfg.dmi}, style={cfg.style_injection}; steps {start}->{cfg.steps}"
         )
     tb = _tensorboard(run_dir) if cfg.tensorboard and acc.is_main_process else None
-    run_steps(
-        acc,
-        trainer,
-        cfg,
-        run_dir,
-        start,
-        desc="AE",
-        step_fn=lambda step: trainer.step(data, step),
-        sample_fn=lambda path: sample_grid(trainer, data, path),
-        save_model=lambda: acc.unwrap_model(trainer.model).save_pretrained(run_dir / "model"),
-        progress=progress,
-        tensorboard=tb,
-    )
+    try:
+        run_steps(
+            acc,
+            trainer,
+            cfg,
+            run_dir,
+            start,
+            desc="AE",
+            step_fn=trainer.step,
+            sample_fn=lambda path: sample_grid(trainer, path),
+            save_model=lambda: acc.unwrap_model(trainer.model).save_pretrained(run_dir / "model"),
+            progress=progress,
+            tensorboard=tb,
+        )
+    finally:
+        trainer.feed.close()
     return run_dir
 
 

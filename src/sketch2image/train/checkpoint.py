@@ -199,9 +199,23 @@ class Checkpointed:
         restore_training_state(self.acc.unwrap_model, *self._parts(), tensors, meta, source)
 
 
-def resume_step(run_dir: Path, load: Any, resume: bool) -> int:
-    """Load the latest checkpoint of ``run_dir`` through ``load(tensors, meta, source)``; its step, or 0."""
-    latest = latest_checkpoint(run_dir) if resume else None
+def resume_step(run_dir: Path, load: Any, resume: bool, acc: Any = None) -> int:
+    """Load the latest checkpoint of ``run_dir`` through ``load(tensors, meta, source)``; its step, or 0.
+
+    With an Accelerator, the main process names the checkpoint and every rank loads that one, so the
+    ranks cannot resume from different steps.
+    """
+    if not resume:
+        return 0
+    if acc is None:
+        latest = latest_checkpoint(run_dir)
+    else:
+        from sketch2image.train.distributed import on_main
+
+        latest = on_main(acc, lambda: latest_checkpoint(run_dir))
+        if latest is not None and not (latest / "meta.json").is_file():
+            raise CheckpointError(f"{latest}: checkpoint not visible from rank {acc.process_index}; is the run "
+                                  "folder shared between the machines?")  # fmt: skip
     if latest is None:
         return 0
     tensors, meta = load_checkpoint(latest)

@@ -142,7 +142,14 @@ def run_steps(
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (progress and acc.is_main_process))
     try:  # the bar ends its line before any error is printed
         for step in range(start + 1, cfg.steps + 1):
-            losses = step_fn(step)
+            try:
+                losses = step_fn(step)
+            except torch.OutOfMemoryError as e:
+                raise S2IError(
+                    f"{desc}: out of GPU memory at step {step} (batch {cfg.batch_size}, {getattr(cfg, 'size', '?')} px"
+                    f" on {acc.num_processes} process(es)). Lower --batch-size, or --set grad_checkpoint=true / "
+                    "mixed_precision=bf16"
+                ) from e
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})

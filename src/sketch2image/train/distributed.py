@@ -11,10 +11,16 @@ must differ per rank (the refiner's per-pixel noise) is seeded by rank.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
 import torch
 from accelerate import Accelerator
 
 from sketch2image.errors import S2IError
+
+T = TypeVar("T")
 
 
 def local_rows(acc: Accelerator, global_batch: int) -> slice:
@@ -48,4 +54,75 @@ def rank_seed(seed: int, acc: Accelerator) -> int:
     return seed + 1_000_003 * acc.process_index
 
 
-__all__ = ["gather", "local_rows", "rank_seed"]
+def on_main(acc: Accelerator, fn: Callable[[], T]) -> T:
+    """``fn()`` run on the main process only; its result, or the same readable error, on every rank.
+
+    For startup work that would cost N times as much on N ranks (scanning a data set, sampling its
+    sketches) and must stop every rank alike when it fails.
+    """
+    if acc.num_processes == 1:
+        return fn()
+    from accelerate.utils import broadcast_object_list
+
+    box: list = [None]
+    if acc.is_main_process:
+        try:
+            box = [("ok", fn())]
+        except S2IError as e:
+            box = [("error", type(e), str(e))]
+    broadcast_object_list(box, from_process=0)
+    if box[0][0] == "error":
+        raise box[0][1](box[0][2])
+    return box[0][1]
+
+
+def check_shared(acc: Accelerator, run_dir: Path) -> None:
+    """Stop every rank with one readable error when the run folder is not the same folder on every machine.
+
+    Checkpoints are written by the main process and read back by every rank on resume, so a run folder
+    local to each node would silently resume one node and restart the others.
+    """
+    if acc.num_processes == 1:
+        return
+    import secrets
+    import socket
+
+    from accelerate.utils import gather_object
+
+    marker = Path(run_dir) / ".shared-check"
+    token = on_main(acc, lambda: _write_marker(marker, secrets.token_hex(8)))
+    try:
+        seen = marker.read_text().strip() == token
+    except OSError:
+        seen = False
+    report = gather_object([(acc.process_index, socket.gethostname(), seen)])
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        marker.unlink(missing_ok=True)
+    blind = [(rank, host) for rank, host, ok in report if not ok]
+    if blind:
+        who = ", ".join(f"rank {rank} on {host}" for rank, host in blind[:4])
+        raise S2IError(
+            f"{run_dir}: the run folder is not shared between the processes of this run ({who} cannot see what "
+            "rank 0 writes there); put --out on a file system every machine mounts at the same path"
+        )
+
+
+def _write_marker(path: Path, token: str) -> str:
+    path.write_text(token + "\n")
+    return token
+
+
+def load_pairs(acc: Accelerator, manifest: str | Path, size: int | None):
+    """The lazy paired data set of a manifest: scanned and ink-checked once, on the main process."""
+    from sketch2image.data.paired import PairedFiles, PairIndex
+
+    def scan() -> PairIndex:
+        index = PairIndex.scan(manifest, size)
+        index.check_ink()
+        return index
+
+    return PairedFiles(on_main(acc, scan))
+
+
+__all__ = ["check_shared", "gather", "load_pairs", "local_rows", "on_main", "rank_seed"]

@@ -41,7 +41,7 @@ from sketch2image.train.common import (
     seed_everything,
     speed_up,
 )
-from sketch2image.train.distributed import local_rows
+from sketch2image.train.distributed import check_shared, local_rows
 from sketch2image.train.guard import FiniteGuard
 
 log = logging.getLogger("sketch2image")
@@ -236,6 +236,7 @@ def train_tom(
             },
         )
     acc.wait_for_everyone()
+    check_shared(acc, run_dir)
     seed_everything(cfg.seed)
 
     vgg = load_vgg(cfg.vgg).to(acc.device)
@@ -244,7 +245,7 @@ def train_tom(
     stats.grams = {k: v.to(acc.device) for k, v in stats.grams.items()}
     trainer = TOMTrainer(cfg, vgg, stats, acc, run_dir)
 
-    start = ckpt.resume_step(run_dir, trainer.load_state, resume)
+    start = ckpt.resume_step(run_dir, trainer.load_state, resume, acc)
     if start >= cfg.steps:
         return run_dir
 
