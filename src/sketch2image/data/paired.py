@@ -30,7 +30,11 @@ from sketch2image.storage import SKETCH_MANIFEST_FORMAT, read_json
 
 log = logging.getLogger("sketch2image")
 
-INK_SAMPLE = 1000  # sketches per snapshot whose ink is checked at startup (spread over the set)
+# Sketches per snapshot whose ink is checked at startup, spread over the set: a fixed count, so startup
+# costs the same for any data set size (at 1,000 it grew by 5 s from 150 to 2,400 images at 512 px).
+# A snapshot fails when more than half of its sketches are blank or solid; 128 samples put that share
+# within about ±9 % (95 %).
+INK_SAMPLE = 128
 MAX_SUBSTITUTES = 64  # unreadable pairs in a row before a run stops (a vanished disk, not a bad file)
 
 # A batch key: (step, dataset index, sketch snapshots to decode).
