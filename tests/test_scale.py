@@ -10,6 +10,10 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +128,15 @@ def test_the_memory_check_can_be_skipped(monkeypatch):
         memory.check_memory("AE", {"activations": 10**18}, torch.device("cpu"), "")
     monkeypatch.setenv(memory.SKIP_ENV, "1")
     memory.check_memory("AE", {"activations": 10**18}, torch.device("cpu"), "")  # no error: the user said so
+
+
+def test_eval_holds_glibc_mmap_threshold_unless_the_user_set_one():
+    """A fixed threshold (not glibc's rising one) is what keeps eval's peak RSS flat in the test set's size."""
+    code = "from sketch2image.train.memory import fixed_mmap_threshold as f; print(f())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    run = [sys.executable, "-c", code]
+    plain = subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    user = subprocess.run(run, env={**env, "MALLOC_MMAP_THRESHOLD_": "65536"}, capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+    assert plain == str(platform.libc_ver()[0] == "glibc")
+    assert user == "False"

@@ -246,8 +246,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from sketch2image.metrics.report import report_markdown, write_report
     from sketch2image.pipeline import Sketch2Image
     from sketch2image.sketcher import TOMSketcher
+    from sketch2image.train.memory import fixed_mmap_threshold
 
     metrics = parse_metrics(args.metrics)  # a typo fails before anything loads
+    fixed_mmap_threshold()  # peak RSS flat in the number of held-out images
     if args.data:
         images, sketches = held_out_dirs(args.data)
     elif args.images and args.sketches:

@@ -154,6 +154,7 @@ class AETrainer(ckpt.Checkpointed):
             max_shift=cfg.aug_max_shift,
             rand=rand("affine"),
         )
+
         def masked(j: int, name: str) -> torch.Tensor:
             return mask_regions(sketches[:, j].contiguous(), regions=cfg.mask_regions, max_frac=cfg.mask_max_frac,
                                 rand=rand(name))  # fmt: skip
@@ -269,8 +270,16 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
     data = load_pairs(acc, manifest, cfg.size)
     with torch.device("meta"):  # sizes only: nothing is allocated
         counts = SketchAutoEncoder(cfg.model_config()).parameter_counts()
-    need = estimate(sum(counts.values()), 0, cfg.width, cfg.size, cfg.batch_size // acc.num_processes,
-                    workers_for(cfg.num_workers), 3 + (2 if cfg.w_content_triplet else 1), cfg.mixed_precision != "no")
+    need = estimate(
+        sum(counts.values()),
+        0,
+        cfg.width,
+        cfg.size,
+        cfg.batch_size // acc.num_processes,
+        workers_for(cfg.num_workers),
+        3 + (2 if cfg.w_content_triplet else 1),
+        cfg.mixed_precision != "no",
+    )
     check_memory("AE", need, acc.device, MEMORY_ADVICE)  # fmt: skip
     if acc.is_main_process:
         prepare_run_dir(run_dir, cfg, resume)

@@ -151,8 +151,16 @@ def train_gan(
     with torch.device("meta"):  # sizes only: nothing is allocated
         n_g = sum(p.numel() for p in Refiner(cfg.model_config(ae.cfg.size, ae.cfg.style_dim)).parameters())
         n_d = sum(p.numel() for p in PatchDiscriminator(cfg.d_width, cfg.d_layers).parameters())
-    need = estimate(n_g + n_d, n_g + sum(p.numel() for p in ae.parameters()), cfg.width + ae.cfg.width, ae.cfg.size,
-                    cfg.batch_size // acc.num_processes, workers_for(cfg.num_workers), 4, cfg.mixed_precision != "no")
+    need = estimate(
+        n_g + n_d,
+        n_g + sum(p.numel() for p in ae.parameters()),
+        cfg.width + ae.cfg.width,
+        ae.cfg.size,
+        cfg.batch_size // acc.num_processes,
+        workers_for(cfg.num_workers),
+        4,
+        cfg.mixed_precision != "no",
+    )
     check_memory("GAN", need, acc.device, MEMORY_ADVICE)  # fmt: skip
     if acc.is_main_process:
         prepare_run_dir(run_dir, cfg, resume)
