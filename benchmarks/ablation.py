@@ -41,6 +41,7 @@ from sketch2image.configs import AEConfig
 from sketch2image.data.paired import PairedData, PairedFiles
 from sketch2image.metrics.evaluate import evaluate, held_out_dirs, load_held_out
 from sketch2image.pipeline import Sketch2Image
+from sketch2image.sketcher import TOMSketcher
 from sketch2image.train.ae import AETrainer
 from sketch2image.train.common import seed_everything
 
@@ -62,9 +63,17 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "inject_adain": ("injection", {"style_injection": "adain"}, "all losses, AdaIN style injection"),
     "inject_add": ("injection", {"style_injection": "add"}, "all losses, additive style injection"),
 }
-METRICS = ["fid", "kid", "sr", "sty_rec", "vgg_perceptual", "psnr"]
-TABLE = [("fid", "FID ↓", 2), ("kid", "KID ↓", 4), ("cls_acc", "cls acc ↑", 3), ("sty_rec", "Sty-Rec ↑", 4),
-         ("vgg_perceptual", "VGG perceptual ↓", 4), ("sr", "SR ↑", 4), ("psnr", "PSNR ↑", 2)]  # fmt: skip
+METRICS = ["fid", "kid", "sr", "sty_rec", "skt_rec", "style_follow", "content_leak", "style_sensitivity",
+           "vgg_perceptual", "psnr"]  # fmt: skip
+TABLE = [("fid", "FID ↓", 2), ("kid", "KID ↓", 4), ("style_follow", "style follow ↓", 4),
+         ("content_leak", "content leak ↓", 4), ("style_sensitivity", "style sens. ↑", 4),
+         ("skt_rec", "Skt-Rec ↓", 4), ("vgg_perceptual", "VGG perceptual ↓", 4), ("sr", "SR ↑", 4),
+         ("sty_rec", "Sty-Rec (own E) ↑", 4), ("cls_acc", "cls acc ↑", 3), ("probe_acc", "probe acc ↓", 3),
+         ("psnr", "PSNR ↑", 2)]  # fmt: skip
+# What the stored parts were made with: 2 = every image seen (epoch sampling), content constraints on every
+# level, MI probes, the refiner's reading of the reconstruction term, the package's FID resampling.
+PROTOCOL = 2
+NEED_TOM = ("skt_rec", "content_leak")
 PARTS = Path(__file__).parent / "results" / "ablation_parts"
 
 
@@ -93,8 +102,9 @@ def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, tor
         if step % args.eval_every == 0 or step == cfg.steps:
             ae = copy.deepcopy(trainer.acc.unwrap_model(trainer.model))
             boot = args.bootstrap if step == cfg.steps else 0
-            report = evaluate(Sketch2Image(ae), *held, METRICS, refine=False, seed=args.seed, progress=False,
-                              bootstrap=boot)  # fmt: skip
+            model = Sketch2Image(ae, tom=args.tom_model)
+            metrics = METRICS if args.tom_model is not None else [m for m in METRICS if m not in NEED_TOM]
+            report = evaluate(model, *held, metrics, refine=False, seed=args.seed, progress=False, bootstrap=boot)
             row = {"step": step, "train_s": round(t_train, 1), "losses": losses}
             row.update({k: v["value"] for k, v in report["metrics"].items()})
             row.update({f"{k}_bootstrap_std": v["bootstrap_std"] for k, v in report["metrics"].items()
@@ -102,9 +112,12 @@ def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, tor
             if trainer.uses_classes:  # the head's accuracy over the current round's last 20 batches
                 row["cls_acc"] = sum(trainer.round_acc[-20:]) / max(1, len(trainer.round_acc[-20:]))
                 row["cls_chance"] = 1 / trainer.k
+            if "probe_acc" in losses:  # how well the content alone names the class (chance 1/k)
+                row["probe_acc"] = losses["probe_acc"]
             curve.append(row)
             print(f"  {name} step {step}: FID {row['fid']:.2f}, perceptual {row['vgg_perceptual']:.4f}, "
-                  f"SR {row['sr']:.4f}, PSNR {row['psnr']:.2f}", flush=True)  # fmt: skip
+                  f"follow {row['style_follow']:.4f}, sensitivity {row['style_sensitivity']:.4f}, "
+                  f"leak {row.get('content_leak', float('nan')):.4f}", flush=True)  # fmt: skip
     return {
         "variant": name,
         "seed": seed,
@@ -192,7 +205,9 @@ def main() -> None:
     ap.add_argument("--name", default="ablation", help="results/<name>.{json,md,png}")
     ap.add_argument("--arch", choices=["lean", "classic"], default="lean", help="AE layout (recorded: classic)")
     ap.add_argument("--fresh", action="store_true", help="ignore stored variant results")
+    ap.add_argument("--tom", help="TOM run folder (quality.py's W/tom): Skt-Rec and content leak need it")
     args = ap.parse_args()
+    args.tom_model = TOMSketcher.from_pretrained(args.tom) if args.tom else None
     names = [n for n in args.variants.split(",") if n]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -200,6 +215,8 @@ def main() -> None:
     machine = setup()
     settings = {k: getattr(args, k) for k in ("size", "steps", "eval_every", "batch_size", "cls_k", "cls_every",
                                               "eval_limit", "seed", "arch", "bootstrap")}  # fmt: skip
+    tom = fingerprint(*(t.cpu() for t in args.tom_model.state_dict().values())) if args.tom_model else None
+    settings["protocol"], settings["tom_sha256"] = PROTOCOL, tom
     data = PairedData.from_files(PairedFiles.from_manifest(args.manifest, args.size))  # hashed whole below
     if args.images and args.sketches:
         images, sketches = Path(args.images), Path(args.sketches)

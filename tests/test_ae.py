@@ -4,12 +4,13 @@ import logging
 import pytest
 import torch
 from accelerate import Accelerator
+from torch.nn import functional as F
 
 from sketch2image.configs import AEConfig, to_dict
 from sketch2image.data.augment import mask_regions, random_affine, thicken
 from sketch2image.data.paired import PairedData, PairedFiles
 from sketch2image.errors import InputError, S2IError
-from sketch2image.losses import content_triplet, standardise, style_triplet, uniform_prediction_loss
+from sketch2image.losses import content_triplet, standardise, style_triplet, uniform_kl, uniform_prediction_loss
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.blocks import DualMaskInjection, StyleInjection
 from sketch2image.train.ae import AETrainer, train_ae
@@ -74,7 +75,7 @@ def test_uniform_prediction_loss_values():
 
 def _reached(trainer: AETrainer, term: str) -> set[str]:
     images, sketches, plan = trainer.batch(1)
-    for p in list(trainer.model.parameters()) + list(trainer.head.parameters()):
+    for p in [*trainer.model.parameters(), *trainer.head.parameters(), *trainer.probes.parameters()]:
         p.grad = None
     trainer.losses(images, sketches, plan)[term].backward()
     parts = {"style_encoder": "E_style", "content_encoder": "E_content", "decoder": "G1"}
@@ -84,6 +85,8 @@ def _reached(trainer: AETrainer, term: str) -> set[str]:
             hit.add(parts[name.split(".")[0]])
     if any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.head.parameters()):
         hit.add("head")
+    if any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.probes.parameters()):
+        hit.add("probes")
     return hit
 
 
@@ -94,7 +97,8 @@ def _reached(trainer: AETrainer, term: str) -> set[str]:
         ("style_triplet", {"E_style"}),
         ("content_triplet", {"E_content"}),
         ("style_cls", {"E_style", "head"}),
-        ("content_mi", {"E_content"}),  # never the head
+        ("content_mi", {"E_content"}),  # never the head or the probes
+        ("mi_probe", {"probes"}),  # the probes learn on detached content
     ],
 )
 def test_gradient_reach(term, expected):
@@ -161,7 +165,14 @@ def test_loss_switches_remove_terms():
     vanilla = AETrainer(
         tiny(w_style_triplet=0, w_content_triplet=0, w_style_cls=0, w_content_mi=0), fake_data(), Accelerator(cpu=True)
     )
-    assert set(full.losses(*full.batch(1))) == {"rec", "style_triplet", "content_triplet", "style_cls", "content_mi"}
+    assert set(full.losses(*full.batch(1))) == {
+        "rec",
+        "style_triplet",
+        "content_triplet",
+        "style_cls",
+        "content_mi",
+        "mi_probe",
+    }
     x, s, plan = vanilla.batch(1)
     assert s.shape[1] == 1  # without the content triplet a step decodes one sketch per image
     assert set(vanilla.losses(x, s, plan)) == {"rec"}
@@ -175,17 +186,74 @@ def test_momentum_subset_rounds():
     trainer.opt_head.state[trainer.head.weight] = {"dummy": torch.zeros(1)}
     for step in (2, 3):
         _, _, plan = trainer.batch(step)
-        idx, labels = plan.index, plan.rand["labels"]
+        cls_rows, labels = plan.index[4:], plan.rand["labels"]  # after the 4 reconstruction rows
         assert torch.equal(trainer.subset, first)
-        assert torch.equal(idx, first[labels]) and labels.max() < 4  # labels are positions in the subset
-    trainer.batch(4)  # a new round
+        assert torch.equal(cls_rows, first[labels]) and labels.max() < 4  # labels are positions in the subset
+    trainer.batch(4)  # a new round: the next k-block of the same shuffled pass
     assert trainer.round == 1 and len(trainer.subset) == 4
-    assert not torch.equal(trainer.subset, first) or not torch.equal(trainer.head.weight, head0)
+    assert not set(trainer.subset.tolist()) & set(first.tolist())
     assert not torch.equal(trainer.head.weight.detach(), head0)
     assert len(trainer.opt_head.state) == 0
     again = AETrainer(tiny(cls_k=4, cls_every=3), fake_data(20), Accelerator(cpu=True))
     again.start_round(1)
     assert torch.equal(again.subset, trainer.subset)  # deterministic: same subset on every rank/resume
+
+
+@pytest.mark.parametrize("n", [20, 22])
+def test_every_image_is_reconstructed_and_classified_once_per_pass(n):
+    """Reconstruction rows: consecutive batches of shuffled passes over all n images; classification subsets:
+    k-blocks of a shuffled pass, so ceil(n / k) rounds put every image in a subset."""
+    trainer = AETrainer(tiny(cls_k=4, cls_every=1), fake_data(n), Accelerator(cpu=True))
+    plan = trainer.planner({"data_gen": torch.Generator().manual_seed(0), "aug_gen": torch.Generator()})
+    b, passes = 4, 3
+    rec = torch.cat([plan(step).index[:b] for step in range(1, passes * n // b + 1)])
+    for p in range(passes * n // b * b // n):
+        assert sorted(rec[p * n : (p + 1) * n].tolist()) == list(range(n))  # each image once per pass
+    blocks = -(-n // 4)
+    subsets = [trainer.round_draw(r)[0] for r in range(blocks)]
+    assert set(torch.cat(subsets).tolist()) == set(range(n))
+    assert all(len(set(s.tolist())) == 4 for s in subsets)
+    old = AETrainer(tiny(cls_k=4, cls_every=1, sampling="subset"), fake_data(n), Accelerator(cpu=True))
+    seen = set(torch.cat([old.round_draw(r)[0] for r in range(blocks)]).tolist())
+    assert len(seen) < n  # what the independent draws missed (seeded, so this does not flake)
+
+
+def test_the_content_probe_finds_a_class_hidden_in_the_style_heads_null_space():
+    """Pooled content that encodes the class only in directions the style classifier cannot see: that head
+    reads no information (MI 0), a probe trained on the content does."""
+    from sketch2image.train.ae import ContentProbes
+
+    torch.manual_seed(0)
+    k, d = 4, 8
+    head = torch.nn.Linear(d, k)
+    with torch.no_grad():
+        head.weight[:, k:] = 0  # the head sees only the first k dimensions
+        head.bias.zero_()
+    labels = torch.arange(k).repeat(8)
+    content = torch.zeros(len(labels), d, 2, 2)
+    content[torch.arange(len(labels)), k + labels] = 3.0  # the class, where the head has no weight
+    old = uniform_kl(F.linear(content.mean(dim=(2, 3)), head.weight, head.bias))
+    assert old.item() == pytest.approx(0.0, abs=1e-6)
+    probes = ContentProbes([d], k)
+    opt = torch.optim.Adam(probes.parameters(), lr=0.1)
+    for _ in range(50):
+        opt.zero_grad()
+        probes.fit([content], labels)[0].backward()
+        opt.step()
+    assert probes.mi([content]).item() > 0.5  # nats, of log 4 = 1.39 at most
+    assert probes.fit([content], labels)[1].item() == 1.0
+
+
+def test_each_terms_gradient_norm_on_the_shared_encoders_is_logged():
+    torch.manual_seed(0)
+    trainer = AETrainer(tiny(grad_norm_every=2), fake_data(), Accelerator(cpu=True))
+    assert not any(k.startswith("gn_") for k in trainer.step(1))
+    logged = trainer.step(2)
+    assert logged["gn_E_content_rec"] > 0 and logged["gn_E_style_rec"] > 0
+    assert logged["gn_E_style_style_cls"] > 0 and logged["gn_E_content_content_mi"] >= 0
+    assert logged["gn_E_style_content_triplet"] == 0.0  # the content triplet never touches E_style
+    assert logged["gn_E_content_style_triplet"] == 0.0
+    assert not any(k.endswith(("_cls_head", "_mi_probe")) for k in logged)  # the heads' own losses
 
 
 def test_layouts_share_the_interface_and_lean_is_cheaper():

@@ -141,7 +141,14 @@ class AEConfig(AutoEncoderConfig):
     """
 
     # What configs written before a key existed meant by leaving it out.
-    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic", "content_mi_form": "mse"}
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "arch": "classic",
+        "content_mi_form": "mse",
+        "rec_form": "mse",
+        "sampling": "subset",
+        "content_levels": "last",
+        "mi_probe": "style_head",
+    }
 
     # Loss weights; 0 switches a term off (the vanilla AE has only w_rec).
     w_rec: float = 1.0
@@ -159,6 +166,20 @@ class AEConfig(AutoEncoderConfig):
     cls_every: int = 0
     cls_lr_mult: float = 10.0  # learning-rate multiplier of the freshly initialised head
     content_mi_form: str = "kl"  # kl: KL(p || uniform) in nats; mse: the paper's ||p - 1/k||^2 (tiny at large k)
+    # Eq. 12's ||.||^2 read as in the refiner (Eq. 14): rgb, each pixel's colour distance in [-1, 1], averaged
+    # over pixels; mse: the per-element mean on [0, 1] (a twelfth of it).
+    rec_form: str = "rgb"
+    # epoch: reconstruction and triplets on consecutive batches of shuffled passes over the whole set, the
+    # classification on a second batch from the round's subset (consecutive k-blocks of a shuffled pass);
+    # subset: every batch from the round's subset of k random images (before the ablation found it unfair).
+    sampling: str = "epoch"
+    # Content triplet and MI on every content map that reaches the decoder (all), or on f_content only (last).
+    content_levels: str = "all"
+    # The MI's classifier: probe, a linear head per content level trained on the (detached) content itself, so
+    # class information anywhere in the pooled map is found; style_head: the style classifier applied to f_content
+    # (the paper's reading; with k < style_dim the content can hide the class in that head's null space).
+    mi_probe: str = "probe"
+    grad_norm_every: int = 100  # log each loss term's gradient norm on E_style and E_content (0: never)
     # Augmentation of the style input (batched affine warp) and of the sketch input (masking).
     aug_max_rotate: float = 15.0
     aug_min_scale: float = 0.8
@@ -191,6 +212,12 @@ class AEConfig(AutoEncoderConfig):
             problems.append("cls_k and batch_size must be >= 2, cls_views >= 1, cls_every >= 0 (0: from cls_views)")
         if self.num_workers < -1:
             problems.append(f"num_workers {self.num_workers} must be >= 0, or -1 for the CPU count")
+        for name, allowed in (("rec_form", ("rgb", "mse")), ("sampling", ("epoch", "subset")),
+                              ("content_levels", ("all", "last")), ("mi_probe", ("probe", "style_head"))):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} {getattr(self, name)!r} must be one of {', '.join(allowed)}")
+        if self.grad_norm_every < 0:
+            problems.append(f"grad_norm_every {self.grad_norm_every} must be >= 0")
         if self.content_mi_form not in ("kl", "mse"):
             problems.append(f"content_mi_form {self.content_mi_form!r} must be kl or mse")
         if any(

@@ -62,6 +62,7 @@ class EvalContext:
     model: object  # Sketch2Image
     device: torch.device
     inception_path: str | None = None
+    refine: bool = True  # the generation setting of the run, for metrics that generate again
     _cache: dict = field(default_factory=dict)
 
     def _get(self, key: str, make: Callable):
@@ -81,7 +82,8 @@ class EvalContext:
     def tom(self):
         if self.model.tom is None:
             raise InputError(
-                "skt_rec needs TOM snapshots: export the model with `s2i export --tom RUN` or pass --tom RUN"
+                "skt_rec and content_leak need TOM snapshots: export the model with `s2i export --tom RUN` or pass "
+                "--tom RUN"
             )
         return self.model.tom
 
@@ -118,11 +120,11 @@ class TensorPairs(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        i, j = key
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        i, j, m = key
         item = {"index": i, "image": self.images[i]}
         if j >= 0:
-            item.update(sketch=self.sketches[i], style=self.images[j])
+            item.update(sketch=self.sketches[i], style=self.images[j], third=self.images[m])
         return item
 
 
@@ -149,13 +151,15 @@ class HeldOutPairs(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        i, j = key
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        i, j, m = key
         try:
             item = {"index": i, "image": load_uint8(self.image_paths[i], self.size)}
             if j >= 0:
                 item["sketch"] = load_uint8(self.sketch_paths[i], self.size)  # RGB: made grey on the device
                 item["style"] = item["image"] if j == i else load_uint8(self.image_paths[j], self.size)
+                if m != j:  # the third image of the mismatched task (content leak, style sensitivity)
+                    item["third"] = item["image"] if m == i else load_uint8(self.image_paths[m], self.size)
         except InputError as e:
             return {"index": i, "error": str(e)}
         return item
@@ -166,7 +170,7 @@ def _collate(items: list[dict]) -> dict:
     if errors:
         return {"error": errors[0]}
     out = {"index": torch.tensor([it["index"] for it in items])}
-    for name in ("image", "sketch", "style"):
+    for name in ("image", "sketch", "style", "third"):
         if name in items[0]:
             out[name] = torch.stack([it[name] for it in items])
     return out
@@ -227,7 +231,7 @@ def evaluate(
     names = parse_metrics(list(metrics))
     data = images if sketches is None else TensorPairs(images, sketches)
     n, world = len(data), parallel_world()
-    ctx = EvalContext(model, model.device, inception_path)
+    ctx = EvalContext(model, model.device, inception_path, refine)
     chosen = [REGISTRY[n] for n in names]
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
@@ -245,7 +249,10 @@ def evaluate(
             if not todo:
                 continue
             style_index = derangement(n, seed) if task == "mismatched" else torch.arange(n)
-            keys = [(i, int(style_index[i])) for i in range(n)]
+            # The third image of row i: two steps along the derangement's single cycle, so it is neither the
+            # style image nor (from 3 images on) the sketch's own; fixed per row, whatever the batch size.
+            third = style_index[style_index] if task == "mismatched" else style_index
+            keys = [(i, int(style_index[i]), int(third[i])) for i in range(n)]
             per_sample: dict[str, list] = {m.name: [] for m in todo if m.per_sample is not None}
             fake_rows, real_rows, floor_rows = [], [], []
             need_fake = any(m.name in ("fid", "kid") for m in todo)
@@ -255,12 +262,14 @@ def evaluate(
             for batch in tqdm(batches, total=total, desc=f"evaluating ({task})", disable=not progress):
                 idx = batch["index"]
                 sk, style, target = (_on(batch, k, ctx.device) for k in ("sketch", "style", "image"))
+                other = _on(batch, "third", ctx.device) if "third" in batch else None
                 size = int(target.shape[-1])
                 out = model.decode(sk, model.style_vectors(style), refine).to(ctx.device)
                 with torch.inference_mode():
                     for m in todo:
                         if m.per_sample is not None:
-                            per_sample[m.name].append((idx, m.per_sample(ctx, out, sk, style, target).float().cpu()))
+                            value = m.per_sample(ctx, out, sk, style, target, other)
+                            per_sample[m.name].append((idx, value.float().cpu()))
                     if need_fake:
                         fake_rows.append((idx, ctx.inception(out).cpu()))
                         if real is None:
@@ -313,7 +322,7 @@ def evaluate(
 def _image_digests(data, batch_size: int, workers: int, world) -> list[str]:
     """sha256 of every image's uint8 pixels, in order: a pass that only decodes, sharded like the rest."""
     rows = []
-    for batch in _batches(data, [(i, -1) for i in range(len(data))], batch_size, workers, world):
+    for batch in _batches(data, [(i, -1, -1) for i in range(len(data))], batch_size, workers, world):
         pixels = batch["image"]
         pixels = pixels if pixels.dtype == torch.uint8 else (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
         rows.append((batch["index"], [hashlib.sha256(p.contiguous().numpy().tobytes()).hexdigest() for p in pixels]))
@@ -344,7 +353,7 @@ def load_held_out(
     """The held-out pairs as tensors in memory (small sets that are scored many times, e.g. an ablation);
     ``s2i eval`` streams them with ``HeldOutPairs`` instead."""
     pairs = HeldOutPairs(Path(images), Path(sketches), size, limit)
-    batch = next(iter(_batches(pairs, [(i, i) for i in range(len(pairs))], len(pairs), 0, (1, 0))))
+    batch = next(iter(_batches(pairs, [(i, i, i) for i in range(len(pairs))], len(pairs), 0, (1, 0))))
     return pairs.ids, batch["image"].float().div_(255), to_grey(batch["sketch"].float().div_(255))
 
 

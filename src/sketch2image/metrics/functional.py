@@ -144,9 +144,47 @@ def sketch_distance(sketcher: nn.Module, output: torch.Tensor, sketch: torch.Ten
     return (redrawn - sketch).abs().mean((1, 2, 3))
 
 
+def colour_stats(x: torch.Tensor) -> torch.Tensor:
+    """Per-image mean and standard deviation of each RGB channel, (B, 6): the palette, not the layout."""
+    flat = x.float().flatten(2)
+    return torch.cat([flat.mean(2), flat.std(2, unbiased=False)], 1)
+
+
+def style_follow(output: torch.Tensor, style: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Per sample: colour-statistics distance of the output to the style image minus its distance to the
+    sketch's own image. Negative: the output took the style image's palette; positive: it kept the palette
+    of the image the sketch was drawn from (which the model never saw)."""
+    o = colour_stats(output)
+    return (o - colour_stats(style)).norm(dim=1) - (o - colour_stats(own)).norm(dim=1)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.flatten(1).float(), b.flatten(1).float()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+
+
+def content_leak(sketcher: nn.Module, output: torch.Tensor, style: torch.Tensor, third: torch.Tensor) -> torch.Tensor:
+    """Per sample: correlation of TOM's sketch of the output with TOM's sketch of the style image, minus with
+    that of an unrelated third image. Above 0: the style image's edges show through (the paper's Fig. 10-11
+    "shadow"); the third image removes the correlation any two images of the set share (aligned faces)."""
+    drawn, of_style, of_third = (sketcher(x)[:, :1] for x in (output, style, third))
+    return _pearson(drawn, of_style) - _pearson(drawn, of_third)
+
+
+def style_sensitivity(output_a: torch.Tensor, output_b: torch.Tensor) -> torch.Tensor:
+    """Per sample: mean |G(s, y_a) − G(s, y_b)| of one sketch under two styles; 0 for a model that ignores
+    the style input."""
+    return (output_a.float() - output_b.float()).abs().mean((1, 2, 3))
+
+
 __all__ = [
     "PERCEPTUAL_LAYERS",
     "SR_LAYERS",
+    "colour_stats",
+    "content_leak",
+    "style_follow",
+    "style_sensitivity",
     "fid_from_features",
     "kid_from_features",
     "psnr",

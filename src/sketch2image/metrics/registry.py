@@ -25,7 +25,7 @@ class Metric:
     task: str  # "mismatched" or "paired"
     better: str  # "lower" or "higher"
     description: str
-    per_sample: Callable | None = None  # (ctx, out, sketch, style, target) -> (B,)
+    per_sample: Callable | None = None  # (ctx, out, sketch, style, target, third) -> (B,)
 
 
 REGISTRY: dict[str, Metric] = {}
@@ -38,31 +38,44 @@ def register(metric: Metric) -> Metric:
     return metric
 
 
-def _sr(ctx, out, sketch, style, target):
+def _sr(ctx, out, sketch, style, target, third=None):
     return M.style_relevance(ctx.vgg, out, style)
 
 
-def _sty_rec(ctx, out, sketch, style, target):
+def _sty_rec(ctx, out, sketch, style, target, third=None):
     return M.style_vector_similarity(ctx.model.ae.style_encoder, out, style)
 
 
-def _skt_rec(ctx, out, sketch, style, target):
+def _skt_rec(ctx, out, sketch, style, target, third=None):
     return M.sketch_distance(ctx.tom, out, sketch)
 
 
-def _perceptual(ctx, out, sketch, style, target):
+def _perceptual(ctx, out, sketch, style, target, third=None):
     return M.vgg_perceptual_distance(ctx.vgg, out, target)
 
 
-def _psnr(ctx, out, sketch, style, target):
+def _psnr(ctx, out, sketch, style, target, third=None):
     return M.psnr(out, target)
 
 
-def _ssim(ctx, out, sketch, style, target):
+def _ssim(ctx, out, sketch, style, target, third=None):
     return M.ssim(out, target)
 
 
-def _lpips(ctx, out, sketch, style, target):
+def _style_follow(ctx, out, sketch, style, target, third=None):
+    return M.style_follow(out, style, target)
+
+
+def _content_leak(ctx, out, sketch, style, target, third=None):
+    return M.content_leak(ctx.tom, out, style, third)
+
+
+def _style_sensitivity(ctx, out, sketch, style, target, third=None):
+    other = ctx.model.decode(sketch, ctx.model.style_vectors(third), ctx.refine).to(out.device)
+    return M.style_sensitivity(out, other)
+
+
+def _lpips(ctx, out, sketch, style, target, third=None):
     return ctx.lpips(out * 2 - 1, target * 2 - 1)
 
 
@@ -79,6 +92,27 @@ for _m in [
         _skt_rec,
     ),  # fmt: skip
     Metric(
+        "style_follow",
+        "mismatched",
+        "lower",
+        "colour mean/std distance of the output to the style image minus to the sketch's own image",
+        _style_follow,
+    ),
+    Metric(
+        "content_leak",
+        "mismatched",
+        "lower",
+        "correlation of TOM(output) with TOM(style image) minus with TOM(an unrelated image)",
+        _content_leak,
+    ),
+    Metric(
+        "style_sensitivity",
+        "mismatched",
+        "higher",
+        "mean |G(s, y_a) - G(s, y_b)|: how much the output changes between two styles",
+        _style_sensitivity,
+    ),
+    Metric(
         "vgg_perceptual", "paired", "lower", "VGG-19 perceptual distance to the real image (not LPIPS)", _perceptual
     ),
     Metric("psnr", "paired", "higher", "PSNR (dB) of the reconstruction", _psnr),
@@ -87,7 +121,8 @@ for _m in [
 ]:
     register(_m)
 
-DEFAULT_METRICS = ("fid", "kid", "sr", "sty_rec", "skt_rec", "vgg_perceptual", "psnr", "ssim")
+DEFAULT_METRICS = ("fid", "kid", "sr", "sty_rec", "skt_rec", "style_follow", "content_leak", "style_sensitivity",
+                   "vgg_perceptual", "psnr", "ssim")  # fmt: skip
 
 
 def parse_metrics(text: str | list[str] | tuple[str, ...]) -> list[str]:

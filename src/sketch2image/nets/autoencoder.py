@@ -112,6 +112,8 @@ class ContentEncoder(nn.Module):
         self.stem, self.down = encoder_trunk(cfg, 1, res)
         self.keep_stem = cfg.arch == "classic"  # lean: maps from half size down
         self.out = nn.Conv2d(channels(cfg, res[-1]), cfg.style_dim, 1)  # f_content has style_dim channels
+        kept = res if self.keep_stem else res[1:]
+        self.channels = [channels(cfg, r) for r in kept[:-1]] + [cfg.style_dim]  # of each map forward returns
         self.ckpt = False  # recompute blocks in backward (SketchAutoEncoder.gradient_checkpointing)
 
     def forward(self, sketch: torch.Tensor) -> list[torch.Tensor]:
@@ -218,9 +220,12 @@ class SketchAutoEncoder(Pretrained, nn.Module):
         *,
         original: torch.Tensor | None = None,
         other_sketch: torch.Tensor | None = None,
+        cls_style: torch.Tensor | None = None,
+        cls_sketch: torch.Tensor | None = None,
         features: bool = False,
     ):
-        """Image in [0, 1]; with ``features`` a dict with what the self-supervised losses need too.
+        """Image in [0, 1]; with ``features`` a dict with what the self-supervised losses need too
+        (``cls_style``/``cls_sketch``: the classification batch's style inputs and sketches, encoded only).
 
         Training goes through this one forward (not the sub-modules) so that a DDP wrapper sees it.
         """
@@ -234,7 +239,9 @@ class SketchAutoEncoder(Pretrained, nn.Module):
             "f_style": f_style,
             "content": content,
             "f_org": self.style_encoder(original) if original is not None else None,
-            "f_pos": self.content_encoder(other_sketch)[-1] if other_sketch is not None else None,
+            "f_pos": self.content_encoder(other_sketch) if other_sketch is not None else None,  # every level
+            "f_cls": self.style_encoder(cls_style) if cls_style is not None else None,
+            "content_cls": self.content_encoder(cls_sketch) if cls_sketch is not None else None,
         }
 
     @classmethod

@@ -3,9 +3,11 @@
 One step: augment the style input (affine warp) and two of the image's K sketches (masking,
 thickening); reconstruct the untouched image from (augmented style, sketch); add the style
 triplet, content triplet, momentum style classification and content MI terms, each switchable
-by its weight. The classifier head works on a subset of ``cls_k`` images that is redrawn,
-relabelled and re-initialised every round (long enough for each image to be seen ``cls_views``
-times); batches are drawn from that subset.
+by its weight. Reconstruction and triplets take consecutive batches of shuffled passes over the
+whole set. The classifier head works on a subset of ``cls_k`` images (consecutive k-blocks of a
+shuffled pass) that is relabelled and re-initialised every round (long enough for each image to
+be seen ``cls_views`` times), on a second batch drawn from that subset; the content MI asks
+per-level probes of the same classes, trained on the content itself, to find nothing.
 
 Writes a run folder: ``config.json``, ``model/`` (``SketchAutoEncoder.save_pretrained``), ``checkpoints/``,
 ``samples/``, ``log.jsonl``.
@@ -26,7 +28,13 @@ from sketch2image.data.augment import affine_rand, mask_rand, mask_regions, rand
 from sketch2image.data.paired import PairedData, PairedFiles, as_float, pairs_at
 from sketch2image.errors import S2IError
 from sketch2image.figures import save_grid
-from sketch2image.losses import content_triplet, style_triplet, uniform_kl, uniform_prediction_loss
+from sketch2image.losses import (
+    content_triplet,
+    refiner_rec,
+    style_triplet,
+    uniform_kl,
+    uniform_prediction_loss,
+)
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.storage import atomic_write_json
 from sketch2image.train import checkpoint as ckpt
@@ -35,6 +43,52 @@ from sketch2image.train.distributed import check_shared, gather, load_pairs, loc
 from sketch2image.train.feed import Feed, StepPlan, states, workers_for
 from sketch2image.train.guard import FiniteGuard
 from sketch2image.train.memory import MEMORY_ADVICE, check_memory, estimate
+
+
+class ContentProbes(nn.Module):
+    """One linear classifier per content level, of the round's classes from the average-pooled map.
+
+    They learn on detached content (``fit``); the content MI term then asks their predictions, through
+    detached weights, to be uniform (``mi``). A head that learns on the content itself finds class
+    information wherever the pooled map holds it, where the style classifier applied to f_content can be
+    fooled by a map that hides the class in that classifier's null space (k < style_dim).
+    """
+
+    def __init__(self, channels: list[int], k: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(c, k) for c in channels)
+
+    def fit(self, content: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of every level's head on detached content (the heads' own loss) and their accuracy."""
+        losses, hits = [], []
+        for head, f in zip(self.heads, content, strict=True):
+            logits = head(f.detach().mean(dim=(2, 3)))
+            losses.append(F.cross_entropy(logits, labels))
+            hits.append((logits.detach().argmax(1) == labels).float().mean())
+        return torch.stack(losses).mean(), torch.stack(hits).mean()
+
+    def mi(self, content: list[torch.Tensor], form: str = "kl") -> torch.Tensor:
+        """How far the heads' predictions from each level are from uniform (0: the content names no class)."""
+        mi = uniform_kl if form == "kl" else uniform_prediction_loss
+        return torch.stack([mi(F.linear(f.mean(dim=(2, 3)), h.weight.detach(), h.bias.detach()))
+                            for h, f in zip(self.heads, content, strict=True)]).mean()  # fmt: skip
+
+
+def _init_linear(layer: nn.Linear, g: torch.Generator) -> None:
+    """torch's default uniform(±1/sqrt(fan_in)) initialisation, from a seeded generator."""
+    with torch.no_grad():
+        bound = 1 / math.sqrt(layer.in_features)
+        layer.weight.copy_(torch.rand(layer.weight.shape, generator=g) * 2 * bound - bound)
+        layer.bias.copy_(torch.rand(layer.bias.shape, generator=g) * 2 * bound - bound)
+
+
+def by_rank(rec: torch.Tensor, cls: torch.Tensor | None, world: int) -> torch.Tensor:
+    """The global plan's row order when a step has two batches: each rank's reconstruction rows, then its
+    classification rows, rank after rank, so one contiguous slice per rank holds both."""
+    if cls is None or len(cls) == 0:
+        return rec
+    a, c = len(rec) // world, len(cls) // world
+    return torch.cat([torch.cat([rec[q * a : (q + 1) * a], cls[q * c : (q + 1) * c]]) for q in range(world)])
 
 
 class AETrainer(ckpt.Checkpointed):
@@ -61,9 +115,13 @@ class AETrainer(ckpt.Checkpointed):
         model = SketchAutoEncoder(cfg.model_config()).gradient_checkpointing(cfg.grad_checkpoint)
         model = speed_up(model.to(accelerator.device), cfg, accelerator.device)
         head = nn.Linear(cfg.style_dim, self.k)
+        channels = model.content_encoder.channels
+        probes = ContentProbes(channels if cfg.content_levels == "all" else channels[-1:], self.k)
         opt = adam(model.parameters(), cfg.lr, (cfg.beta1, cfg.beta2))
-        opt_head = adam(head.parameters(), cfg.lr * cfg.cls_lr_mult, (cfg.beta1, cfg.beta2))
-        self.model, self.head, self.opt, self.opt_head = accelerator.prepare(model, head, opt, opt_head)
+        opt_head = adam([*head.parameters(), *probes.parameters()], cfg.lr * cfg.cls_lr_mult, (cfg.beta1, cfg.beta2))
+        self.model, self.head, self.probes, self.opt, self.opt_head = accelerator.prepare(
+            model, head, probes.to(accelerator.device), opt, opt_head
+        )
         if cfg.w_perceptual and vgg is None:  # the optional perceptual term needs the pretrained VGG-19
             from sketch2image.nets.vgg import load_vgg
 
@@ -76,8 +134,13 @@ class AETrainer(ckpt.Checkpointed):
         self.round_acc: list[float] = []  # the head's batch accuracy, this round
         # Seeded alike on every rank: each rank plans the same global batch and augmentation and loads
         # its own rows (train/feed.py, train/distributed.py), so the run does not depend on the number
-        # of processes.
-        self.rows = local_rows(accelerator, cfg.batch_size)
+        # of processes. With sampling=epoch and a classifier, a step has two batches: reconstruction rows
+        # from the whole set and classification rows from the round's subset (``by_rank`` lays them out).
+        self.two_batches = self.uses_classes and cfg.sampling == "epoch"
+        b_cls = cfg.batch_size if self.two_batches else 0
+        self.rows = local_rows(accelerator, cfg.batch_size + b_cls)
+        self.rec_rows = local_rows(accelerator, cfg.batch_size)
+        self.cls_rows = local_rows(accelerator, b_cls) if b_cls else self.rec_rows
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 7 + 1)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed * 7 + 2)
         self.feed = Feed(data, self.planner, {"data_gen": self.data_gen, "aug_gen": self.aug_gen}, self.rows,
@@ -87,43 +150,75 @@ class AETrainer(ckpt.Checkpointed):
     def uses_classes(self) -> bool:
         return bool(self.cfg.w_style_cls or self.cfg.w_content_mi)
 
+    def pass_order(self, p: int) -> torch.Tensor:
+        """Pass ``p`` over the data set: a permutation of all n images from its own seed (no state to resume)."""
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_033 + p))
+
+    def epoch_rows(self, step: int, orders: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The reconstruction batch of ``step``: the next ``batch_size`` images of consecutive shuffled passes,
+        so every image is seen once per pass whatever else the run does."""
+        b = self.cfg.batch_size
+        pos = torch.arange((step - 1) * b, step * b)
+        passes, within = pos // self.n, pos % self.n
+        for p in passes.unique().tolist():
+            if p not in orders:
+                for old in [q for q in orders if q < p - 1]:  # a batch spans at most two passes
+                    del orders[old]
+                orders[p] = self.pass_order(p)
+        return torch.stack([orders[p][w] for p, w in zip(passes.tolist(), within.tolist(), strict=True)])
+
     def round_draw(self, round_: int) -> tuple[torch.Tensor, torch.Generator]:
-        """A round's subset of k images, and the generator that then initialises its head."""
+        """A round's subset of k images, and the generator that then initialises its heads.
+
+        epoch: consecutive k-blocks of a shuffled pass (the last block ends at the pass's end), so every image
+        is in a subset once per ceil(n / k) rounds; subset: k images drawn independently every round."""
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + round_)
-        return torch.randperm(self.n, generator=g)[: self.k], g
+        if self.cfg.sampling == "subset":
+            return torch.randperm(self.n, generator=g)[: self.k], g
+        blocks = math.ceil(self.n / self.k)
+        p, j = divmod(round_, blocks)
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_037 + p))
+        start = min(j * self.k, self.n - self.k)
+        return order[start : start + self.k], g
 
     def start_round(self, round_: int) -> None:
-        """New subset of k images, labels = their position in it, fresh head and head optimiser."""
+        """New subset of k images, labels = their position in it, fresh heads and head optimiser."""
         self.round = round_
         self.subset, g = self.round_draw(round_)
-        head = self.acc.unwrap_model(self.head)
-        with torch.no_grad():
-            bound = 1 / math.sqrt(head.in_features)
-            head.weight.copy_(torch.rand(head.weight.shape, generator=g) * 2 * bound - bound)
-            head.bias.copy_(torch.rand(head.bias.shape, generator=g) * 2 * bound - bound)
+        _init_linear(self.acc.unwrap_model(self.head), g)
+        for layer in self.acc.unwrap_model(self.probes).heads:
+            _init_linear(layer, g)
         self.opt_head.state.clear()
         self.round_acc = []
 
     def planner(self, gens: dict[str, torch.Generator]):
-        """The plan of every step (``train/feed.py``): indices and class labels from ``data_gen``, the
-        augmentation's random numbers and the two sketches of each row from ``aug_gen``."""
+        """The plan of every step (``train/feed.py``): indices and class labels from ``data_gen`` (and the
+        passes' own seeds), the augmentation's random numbers and each row's sketches from ``aug_gen``."""
         cfg, b, k_sk = self.cfg, self.cfg.batch_size, self.data.k
         data_gen, aug_gen = gens["data_gen"], gens["aug_gen"]
         subsets: dict[int, torch.Tensor] = {}
+        orders: dict[int, torch.Tensor] = {}
         masks = cfg.mask_regions > 0 and cfg.mask_max_frac > 0
+        world = self.acc.num_processes
 
         def plan(step: int) -> StepPlan:
             rand: dict = {}
+            cls_index = None
             if self.uses_classes:
                 r = (step - 1) // self.round_steps
                 if r not in subsets:
                     subsets.clear()
                     subsets[r] = self.round_draw(r)[0]
                 pos = torch.randperm(self.k, generator=data_gen)[:b]
-                index, rand["labels"], rand["round"] = subsets[r][pos], pos, r
+                rand["labels"], rand["round"] = pos, r
+                if self.two_batches:
+                    index, cls_index = self.epoch_rows(step, orders), subsets[r][pos]
+                else:
+                    index = subsets[r][pos]
+            elif cfg.sampling == "epoch":
+                index = self.epoch_rows(step, orders)
             else:
                 index = torch.randperm(self.n, generator=data_gen)[:b]
-                rand["labels"] = torch.zeros_like(index)
             rand["affine"] = affine_rand(b, aug_gen)
             pick = torch.randint(k_sk, (b,), generator=aug_gen)
             other = (pick + torch.randint(1, max(k_sk, 2), (b,), generator=aug_gen)) % k_sk  # another when K > 1
@@ -134,26 +229,30 @@ class AETrainer(ckpt.Checkpointed):
             if cfg.w_content_triplet and masks:
                 rand["mask_pos"] = mask_rand(b, cfg.mask_regions, aug_gen)
             picks = torch.stack([pick, other], 1) if cfg.w_content_triplet else pick[:, None]
-            return StepPlan(step, index, picks, rand, states(gens))
+            cls_picks = None
+            if cls_index is not None:  # the classification rows: an augmented view and one sketch each
+                rand["cls_affine"] = affine_rand(b, aug_gen)
+                cls_pick = torch.randint(k_sk, (b,), generator=aug_gen)
+                cls_picks = cls_pick[:, None].expand(-1, picks.shape[1])
+            return StepPlan(step, by_rank(index, cls_index, world), by_rank(picks, cls_picks, world), rand,
+                            states(gens))  # fmt: skip
 
         return plan
 
     def losses(self, images: torch.Tensor, sketches: torch.Tensor, plan: StepPlan) -> dict[str, torch.Tensor]:
         """Every enabled loss term for this rank's rows of a step (images (b,3,S,S), sketches (b,n,1,S,S):
         the plan's picks), augmented with the plan's random numbers."""
-        cfg, loc = self.cfg, self.rows
+        cfg, loc = self.cfg, self.rec_rows
+        lr = loc.stop - loc.start
+        images, sketches, cls_images, cls_sketches = images[:lr], sketches[:lr], images[lr:], sketches[lr:]
 
-        def rand(name: str) -> torch.Tensor | None:
-            return plan.rand[name][loc] if name in plan.rand else None
+        def rand(name: str, rows: slice = loc) -> torch.Tensor | None:
+            return plan.rand[name][rows] if name in plan.rand else None
 
-        style_in = random_affine(
-            images,
-            max_rotate=cfg.aug_max_rotate,
-            min_scale=cfg.aug_min_scale,
-            max_scale=cfg.aug_max_scale,
-            max_shift=cfg.aug_max_shift,
-            rand=rand("affine"),
-        )
+        def augment(x: torch.Tensor, name: str) -> torch.Tensor:
+            return random_affine(x, max_rotate=cfg.aug_max_rotate, min_scale=cfg.aug_min_scale,
+                                 max_scale=cfg.aug_max_scale, max_shift=cfg.aug_max_shift,
+                                 rand=rand(name, self.cls_rows if name == "cls_affine" else loc))  # fmt: skip
 
         def masked(j: int, name: str) -> torch.Tensor:
             return mask_regions(sketches[:, j].contiguous(), regions=cfg.mask_regions, max_frac=cfg.mask_max_frac,
@@ -161,12 +260,19 @@ class AETrainer(ckpt.Checkpointed):
 
         skt_t = thicken(masked(0, "mask"), cfg.thicken_p, rand=rand("thick"))
         skt_pos = masked(1, "mask_pos") if cfg.w_content_triplet else None
-        labels = plan.rand["labels"][loc].to(images.device)
+        two = self.two_batches
         res = self.model(
-            skt_t, style_in, original=images if cfg.w_style_triplet else None, other_sketch=skt_pos, features=True
+            skt_t,
+            augment(images, "affine"),
+            original=images if cfg.w_style_triplet else None,
+            other_sketch=skt_pos,
+            cls_style=augment(cls_images, "cls_affine") if two else None,
+            cls_sketch=cls_sketches[:, 0].contiguous() if two and cfg.w_content_mi else None,
+            features=True,
         )
         out, f_style, content = res["out"], res["f_style"], res["content"]
-        terms: dict[str, torch.Tensor] = {"rec": F.mse_loss(out, images)}
+        levels = range(len(content)) if cfg.content_levels == "all" else [len(content) - 1]
+        terms: dict[str, torch.Tensor] = {"rec": refiner_rec(out, images, cfg.rec_form)}
         if cfg.w_perceptual:
             layers = ["relu1_2", "relu2_2", "relu3_1"]
             fo, fi = self.vgg(out, layers), self.vgg(images, layers)
@@ -176,33 +282,61 @@ class AETrainer(ckpt.Checkpointed):
             negatives = gather(self.acc, f_org).roll(1, 0)[loc]  # another image of the *global* batch
             terms["style_triplet"] = style_triplet(f_style, f_org, negatives, cfg.style_margin)
         if cfg.w_content_triplet:
-            f_pos = res["f_pos"]
-            negatives = gather(self.acc, f_pos).roll(1, 0)[loc]
-            terms["content_triplet"] = content_triplet(content[-1], f_pos, negatives, cfg.content_margin)
+            per_level = []
+            for i in levels:
+                f_pos = res["f_pos"][i]
+                negatives = gather(self.acc, f_pos).roll(1, 0)[loc]
+                per_level.append(content_triplet(content[i], f_pos, negatives, cfg.content_margin))
+            terms["content_triplet"] = torch.stack(per_level).mean()
         if self.uses_classes:
             # The head always learns the round's classes, so the MI term never measures a random head; the
             # style encoder learns from it only when w_style_cls > 0 (otherwise the head sees detached styles).
-            logits = self.head(f_style if cfg.w_style_cls else f_style.detach())
+            f_cls = res["f_cls"] if two else f_style
+            labels = plan.rand["labels"][self.cls_rows].to(images.device)
+            logits = self.head(f_cls if cfg.w_style_cls else f_cls.detach())
             terms["style_cls" if cfg.w_style_cls else "cls_head"] = F.cross_entropy(logits, labels)
             self.batch_acc = (logits.detach().argmax(1) == labels).float().mean()
         if cfg.w_content_mi:
-            head = self.acc.unwrap_model(self.head)
-            pooled = content[-1].mean(dim=(2, 3))  # average-pooled to the style vector's size
-            mi = uniform_kl if cfg.content_mi_form == "kl" else uniform_prediction_loss
-            terms["content_mi"] = mi(F.linear(pooled, head.weight.detach(), head.bias.detach()))
+            c_cls = res["content_cls"] if two else content
+            if cfg.mi_probe == "probe":
+                chosen = [c_cls[i] for i in levels]
+                terms["mi_probe"], self.probe_acc = self.probes.fit(chosen, labels)
+                terms["content_mi"] = self.acc.unwrap_model(self.probes).mi(chosen, cfg.content_mi_form)
+            else:
+                head = self.acc.unwrap_model(self.head)
+                pooled = c_cls[-1].mean(dim=(2, 3))  # average-pooled to the style vector's size
+                mi = uniform_kl if cfg.content_mi_form == "kl" else uniform_prediction_loss
+                terms["content_mi"] = mi(F.linear(pooled, head.weight.detach(), head.bias.detach()))
         return terms
 
+    WEIGHTLESS = ("cls_head", "mi_probe")  # the heads' own losses on detached features: weight 1, no encoder
+
+    def weights(self) -> dict[str, float]:
+        c = self.cfg
+        return {"rec": c.w_rec, "perceptual": c.w_perceptual, "style_triplet": c.w_style_triplet,
+                "content_triplet": c.w_content_triplet, "style_cls": c.w_style_cls, "content_mi": c.w_content_mi,
+                **dict.fromkeys(self.WEIGHTLESS, 1.0)}  # fmt: skip
+
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        weights = {
-            "rec": self.cfg.w_rec,
-            "perceptual": self.cfg.w_perceptual,
-            "style_triplet": self.cfg.w_style_triplet,
-            "content_triplet": self.cfg.w_content_triplet,
-            "style_cls": self.cfg.w_style_cls,
-            "content_mi": self.cfg.w_content_mi,
-            "cls_head": 1.0,  # the head's own loss on detached style vectors (w_style_cls = 0)
-        }
+        weights = self.weights()
         return sum(weights[name] * value for name, value in terms.items())
+
+    def gradient_norms(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Each weighted term's gradient norm on E_style and on E_content: which term drives a shared encoder.
+
+        One extra backward per term, so only every ``grad_norm_every`` steps, and only in one process (a
+        DDP-wrapped model must see exactly one backward per forward)."""
+        m = self.acc.unwrap_model(self.model)
+        parts = {"E_style": list(m.style_encoder.parameters()), "E_content": list(m.content_encoder.parameters())}
+        weights, out = self.weights(), {}
+        for name, value in terms.items():
+            if name in self.WEIGHTLESS or not value.requires_grad:
+                continue
+            for part, params in parts.items():
+                grads = torch.autograd.grad(weights[name] * value, params, retain_graph=True, allow_unused=True)
+                sq = sum(g.float().pow(2).sum() for g in grads if g is not None)
+                out[f"gn_{part}_{name}"] = float(sq) ** 0.5 if torch.is_tensor(sq) else 0.0
+        return out
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, StepPlan]:
         """This rank's rows of step ``step`` on the device (images, the plan's sketches) and the plan;
@@ -219,15 +353,19 @@ class AETrainer(ckpt.Checkpointed):
         with self.acc.autocast():
             terms = self.losses(images, sketches, plan)
             loss = self.total(terms)
-        # The head learns from the classification term only (the MI term uses it detached).
+        every = self.cfg.grad_norm_every
+        norms = self.gradient_norms(terms) if every and step % every == 0 and self.acc.num_processes == 1 else {}
+        # The heads learn from their own losses only (the MI term uses them detached).
         opts = [self.opt, self.opt_head] if self.uses_classes else [self.opt]
-        params = [*self.model.parameters(), *self.head.parameters()]
+        params = [*self.model.parameters(), *self.head.parameters(), *self.probes.parameters()]
         self.guard.update(opts, loss, params, {**terms, "loss": loss}, "the AE", self.cfg.max_grad_norm)
         grad = self.guard.end_step()["the AE"]
-        out = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, "grad": grad}
+        out = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, "grad": grad, **norms}
         if self.uses_classes:  # the head's accuracy over the round's recent batches (chance: 1/k)
             self.round_acc.append(self.batch_acc.item())
             out["cls_acc"] = sum(self.round_acc[-20:]) / len(self.round_acc[-20:])
+            if "mi_probe" in terms:  # how well the content alone names the class (chance: 1/k)
+                out["probe_acc"] = self.probe_acc.item()
         return out
 
     @torch.no_grad()
@@ -249,7 +387,8 @@ class AETrainer(ckpt.Checkpointed):
         self.feed.expect = None  # the next step plans again from the loaded generators
 
     def _parts(self) -> tuple[dict, dict, dict]:
-        modules, optimizers = {"ae": self.model, "head": self.head}, {"opt": self.opt, "opt_head": self.opt_head}
+        modules = {"ae": self.model, "head": self.head, "probes": self.probes}
+        optimizers = {"opt": self.opt, "opt_head": self.opt_head}
         return modules, optimizers, {"data_gen": self.data_gen, "aug_gen": self.aug_gen}
 
 
@@ -270,12 +409,13 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
     data = load_pairs(acc, manifest, cfg.size)
     with torch.device("meta"):  # sizes only: nothing is allocated
         counts = SketchAutoEncoder(cfg.model_config()).parameter_counts()
+    two_batches = bool(cfg.w_style_cls or cfg.w_content_mi) and cfg.sampling == "epoch"
     need = estimate(
         sum(counts.values()),
         0,
         cfg.width,
         cfg.size,
-        cfg.batch_size // acc.num_processes,
+        cfg.batch_size * (2 if two_batches else 1) // acc.num_processes,  # the classification rows too
         workers_for(cfg.num_workers),
         3 + (2 if cfg.w_content_triplet else 1),
         cfg.mixed_precision != "no",
