@@ -46,16 +46,29 @@ from sketch2image.train.ae import AETrainer
 from sketch2image.train.common import seed_everything
 
 SSL_OFF = {"w_style_triplet": 0.0, "w_content_triplet": 0.0, "w_style_cls": 0.0, "w_content_mi": 0.0}
+ON = {k: getattr(AEConfig(), k) for k in SSL_OFF}  # each term at its default weight
 # name -> (table, overrides of the all-losses preset, label)
 VARIANTS: dict[str, tuple[str, dict, str]] = {
     "vanilla": ("losses", {**SSL_OFF, "dmi": "none"}, "vanilla AE (reconstruction only, no DMI)"),
     "vanilla_dmi": ("losses", SSL_OFF, "reconstruction only, with Feat-DMI"),
-    "style_triplet": ("losses", {**SSL_OFF, "w_style_triplet": 1.0}, "+ style triplet"),
-    "content_triplet": ("losses", {**SSL_OFF, "w_content_triplet": 1.0}, "+ content triplet"),
-    "style_cls": ("losses", {**SSL_OFF, "w_style_cls": 1.0}, "+ momentum style classification"),
-    "content_mi": ("losses", {**SSL_OFF, "w_style_cls": 1.0, "w_content_mi": 1.0}, "+ content MI (needs the head)"),
-    "triplets": ("losses", {**SSL_OFF, "w_style_triplet": 1.0, "w_content_triplet": 1.0}, "+ both triplets"),
-    "cls_mi": ("losses", {**SSL_OFF, "w_style_cls": 1.0, "w_content_mi": 1.0}, "+ classification and content MI"),
+    "style_triplet": ("losses", {**SSL_OFF, "w_style_triplet": ON["w_style_triplet"]}, "+ style triplet"),
+    "content_triplet": ("losses", {**SSL_OFF, "w_content_triplet": ON["w_content_triplet"]}, "+ content triplet"),
+    "style_cls": ("losses", {**SSL_OFF, "w_style_cls": ON["w_style_cls"]}, "+ momentum style classification"),
+    "content_mi": (
+        "losses",
+        {**SSL_OFF, "w_style_cls": ON["w_style_cls"], "w_content_mi": ON["w_content_mi"]},
+        "+ content MI (needs the head)",
+    ),
+    "triplets": (
+        "losses",
+        {**SSL_OFF, "w_style_triplet": ON["w_style_triplet"], "w_content_triplet": ON["w_content_triplet"]},
+        "+ both triplets",
+    ),
+    "cls_mi": (
+        "losses",
+        {**SSL_OFF, "w_style_cls": ON["w_style_cls"], "w_content_mi": ON["w_content_mi"]},
+        "+ classification and content MI",
+    ),
     "all": ("all", {}, "all losses, Feat-DMI, multiplicative style (ours)"),
     "style_hi": ("injection", {"style_min_res": 32}, "all losses, style only on the 32 and 64 px maps (paper-like)"),
     "dmi_none": ("dmi", {"dmi": "none"}, "all losses, no DMI"),

@@ -37,7 +37,8 @@ def run(manifest: Path, acc: Accelerator) -> tuple[list[dict], dict]:
     for step in range(1, STEPS + 1):
         n = len(decoded)
         trainer.step(step)
-        plans.append({"decoded": decoded[n:], "rows": [trainer.rows.start, trainer.rows.stop]})
+        rec, cls = trainer.rec_rows, trainer.cls_rows
+        plans.append({"decoded": decoded[n:], "rows": [rec.start, rec.stop], "cls_rows": [cls.start, cls.stop]})
     PairedFiles.load = load
     return plans, flat({"ae": acc.unwrap_model(trainer.model)})
 

@@ -238,10 +238,10 @@ def test_the_content_probe_finds_a_class_hidden_in_the_style_heads_null_space():
     opt = torch.optim.Adam(probes.parameters(), lr=0.1)
     for _ in range(50):
         opt.zero_grad()
-        probes.fit([content], labels)[0].backward()
+        probes([content], labels)[0].backward()
         opt.step()
     assert probes.mi([content]).item() > 0.5  # nats, of log 4 = 1.39 at most
-    assert probes.fit([content], labels)[1].item() == 1.0
+    assert probes([content], labels)[1].item() == 1.0
 
 
 def test_each_terms_gradient_norm_on_the_shared_encoders_is_logged():

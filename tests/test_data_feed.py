@@ -88,12 +88,14 @@ def test_two_processes_decode_only_their_rows_and_match_one(tmp_path, paired_man
     torch.manual_seed(0)
     one, w_one = run(paired_manifest, Accelerator(cpu=True))
     ranks = [json.loads((tmp_path / f"decodes_{r}.json").read_text()) for r in (0, 1)]
+    b = tiny_ae_config().batch_size
     for s in range(STEPS):
-        everything = one[s]["decoded"]  # the 1-process step decodes the whole global batch
-        assert len(everything) == tiny_ae_config().batch_size
+        everything = one[s]["decoded"]  # the 1-process step decodes the whole global batch: b + b classification
+        assert len(everything) == 2 * b
         for r, plans in enumerate(ranks):
-            lo, hi = plans[s]["rows"]
-            assert plans[s]["decoded"] == everything[lo:hi], f"rank {r} decoded rows it does not train on"
+            (lo, hi), (c_lo, c_hi) = plans[s]["rows"], plans[s]["cls_rows"]
+            mine = everything[lo:hi] + everything[b + c_lo : b + c_hi]
+            assert plans[s]["decoded"] == mine, f"rank {r} decoded rows it does not train on"
             assert all(len(picks) == 2 for _, picks in plans[s]["decoded"])  # 2 of the K sketches
     two = load_file(str(tmp_path / "ae.safetensors"))
     torch.manual_seed(0)
@@ -128,7 +130,7 @@ def test_an_unreadable_file_mid_run_is_skipped_with_one_warning(paired_manifest,
         for step in range(1, 13):
             batch, plan = trainer.feed.next(step)
             used += batch["index"].tolist()
-            assert len(batch["index"]) == 4  # the batch keeps its size
+            assert len(batch["index"]) == 8  # the batch keeps its size (4 reconstruction + 4 classification rows)
     assert 2 not in used and trainer.feed.n_broken >= 2  # drawn several times, never trained on
     said = [r.message for r in caplog.records if str(victim) in r.message]
     assert len(said) == 1 and "skipping an unreadable pair" in said[0]

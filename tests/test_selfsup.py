@@ -51,7 +51,9 @@ def test_round_length_follows_views_batch_and_dataset():
 def test_the_head_beats_chance_by_the_end_of_a_round():
     torch.manual_seed(0)
     data = _distinct_images(16)
-    trainer = AETrainer(_tiny_ae(cls_k=16, cls_views=40, w_content_triplet=0), data, Accelerator(cpu=True))
+    trainer = AETrainer(
+        _tiny_ae(cls_k=16, cls_views=40, w_content_triplet=0, w_style_cls=1.0), data, Accelerator(cpu=True)
+    )
     assert trainer.round_steps == 80
     log = [trainer.step(s) for s in range(1, trainer.round_steps + 1)]
     assert trainer.round == 0
@@ -98,6 +100,16 @@ def test_old_configs_keep_the_paper_mse():
     old = {k: v for k, v in to_dict(AEConfig()).items() if k not in ("content_mi_form", "cls_views")}
     assert from_dict(AEConfig, old).content_mi_form == "mse"
     assert AEConfig().content_mi_form == "kl"
+
+
+def test_configs_written_before_fair_sampling_keep_their_training():
+    """A run folder from before epoch sampling, all-level constraints, probes and the rgb reconstruction
+    resumes as it was trained."""
+    new = ("rec_form", "sampling", "content_levels", "mi_probe", "grad_norm_every")
+    old = from_dict(AEConfig, {k: v for k, v in to_dict(AEConfig()).items() if k not in new})
+    assert (old.rec_form, old.sampling, old.content_levels, old.mi_probe) == ("mse", "subset", "last", "style_head")
+    now = AEConfig()
+    assert (now.rec_form, now.sampling, now.content_levels, now.mi_probe) == ("rgb", "epoch", "all", "probe")
 
 
 def test_feat_dmi_masks_get_gradient_from_the_first_step():

@@ -155,7 +155,7 @@ class AEConfig(AutoEncoderConfig):
     w_perceptual: float = 0.0  # optional VGG perceptual term, off in the paper-faithful preset
     w_style_triplet: float = 1.0
     w_content_triplet: float = 1.0
-    w_style_cls: float = 1.0
+    w_style_cls: float = 0.2  # its gradient on E_style was 5-29x the reconstruction's at 1.0 (docs/BENCHMARKS.md)
     w_content_mi: float = 1.0
     style_margin: float = 0.5  # α, on cosine similarities
     content_margin: float = 1.0  # β, on mean-squared distances of standardised content maps
@@ -179,7 +179,7 @@ class AEConfig(AutoEncoderConfig):
     # class information anywhere in the pooled map is found; style_head: the style classifier applied to f_content
     # (the paper's reading; with k < style_dim the content can hide the class in that head's null space).
     mi_probe: str = "probe"
-    grad_norm_every: int = 100  # log each loss term's gradient norm on E_style and E_content (0: never)
+    grad_norm_every: int = 100  # log each term's gradient norm on E_style and E_content (0: never; x log_every)
     # Augmentation of the style input (batched affine warp) and of the sketch input (masking).
     aug_max_rotate: float = 15.0
     aug_min_scale: float = 0.8
@@ -216,8 +216,9 @@ class AEConfig(AutoEncoderConfig):
                               ("content_levels", ("all", "last")), ("mi_probe", ("probe", "style_head"))):  # fmt: skip
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} {getattr(self, name)!r} must be one of {', '.join(allowed)}")
-        if self.grad_norm_every < 0:
-            problems.append(f"grad_norm_every {self.grad_norm_every} must be >= 0")
+        if self.grad_norm_every < 0 or (self.grad_norm_every and self.grad_norm_every % max(self.log_every, 1)):
+            problems.append(f"grad_norm_every {self.grad_norm_every} must be 0 or a multiple of log_every "
+                            f"({self.log_every}): the norms are written with the logged steps")  # fmt: skip
         if self.content_mi_form not in ("kl", "mse"):
             problems.append(f"content_mi_form {self.content_mi_form!r} must be kl or mse")
         if any(

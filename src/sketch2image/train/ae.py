@@ -48,7 +48,7 @@ from sketch2image.train.memory import MEMORY_ADVICE, check_memory, estimate
 class ContentProbes(nn.Module):
     """One linear classifier per content level, of the round's classes from the average-pooled map.
 
-    They learn on detached content (``fit``); the content MI term then asks their predictions, through
+    They learn on detached content (``forward``); the content MI term then asks their predictions, through
     detached weights, to be uniform (``mi``). A head that learns on the content itself finds class
     information wherever the pooled map holds it, where the style classifier applied to f_content can be
     fooled by a map that hides the class in that classifier's null space (k < style_dim).
@@ -58,8 +58,9 @@ class ContentProbes(nn.Module):
         super().__init__()
         self.heads = nn.ModuleList(nn.Linear(c, k) for c in channels)
 
-    def fit(self, content: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy of every level's head on detached content (the heads' own loss) and their accuracy."""
+    def forward(self, content: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of every level's head on detached content (the heads' own loss) and their accuracy.
+        (``forward``, so that a DDP wrapper averages the heads' gradients.)"""
         losses, hits = [], []
         for head, f in zip(self.heads, content, strict=True):
             logits = head(f.detach().mean(dim=(2, 3)))
@@ -118,7 +119,10 @@ class AETrainer(ckpt.Checkpointed):
         channels = model.content_encoder.channels
         probes = ContentProbes(channels if cfg.content_levels == "all" else channels[-1:], self.k)
         opt = adam(model.parameters(), cfg.lr, (cfg.beta1, cfg.beta2))
-        opt_head = adam([*head.parameters(), *probes.parameters()], cfg.lr * cfg.cls_lr_mult, (cfg.beta1, cfg.beta2))
+        # The probes exist only where they are used, so that runs without them keep their checkpoint layout.
+        self.use_probes = bool(cfg.w_content_mi) and cfg.mi_probe == "probe"
+        head_params = [*head.parameters(), *(probes.parameters() if self.use_probes else [])]
+        opt_head = adam(head_params, cfg.lr * cfg.cls_lr_mult, (cfg.beta1, cfg.beta2))
         self.model, self.head, self.probes, self.opt, self.opt_head = accelerator.prepare(
             model, head, probes.to(accelerator.device), opt, opt_head
         )
@@ -300,7 +304,7 @@ class AETrainer(ckpt.Checkpointed):
             c_cls = res["content_cls"] if two else content
             if cfg.mi_probe == "probe":
                 chosen = [c_cls[i] for i in levels]
-                terms["mi_probe"], self.probe_acc = self.probes.fit(chosen, labels)
+                terms["mi_probe"], self.probe_acc = self.probes(chosen, labels)
                 terms["content_mi"] = self.acc.unwrap_model(self.probes).mi(chosen, cfg.content_mi_form)
             else:
                 head = self.acc.unwrap_model(self.head)
@@ -387,7 +391,7 @@ class AETrainer(ckpt.Checkpointed):
         self.feed.expect = None  # the next step plans again from the loaded generators
 
     def _parts(self) -> tuple[dict, dict, dict]:
-        modules = {"ae": self.model, "head": self.head, "probes": self.probes}
+        modules = {"ae": self.model, "head": self.head, **({"probes": self.probes} if self.use_probes else {})}
         optimizers = {"opt": self.opt, "opt_head": self.opt_head}
         return modules, optimizers, {"data_gen": self.data_gen, "aug_gen": self.aug_gen}
 
