@@ -206,10 +206,11 @@ def test_skt_rec_needs_tom(model_dir, held_out, tmp_path):
 def test_cli_eval_writes_json_and_table(model_dir, held_out, tmp_path, capsys):
     out = tmp_path / "report.json"
     rc = main(["eval", "--model", str(model_dir), "--data", str(held_out), "--metrics", "fid,sr,psnr",
-               "--out", str(out), "--cache", str(tmp_path / "c")])  # fmt: skip
+               "--out", str(out), "--cache", str(tmp_path / "c"), "--bootstrap", "3"])  # fmt: skip
     assert rc == 0
     report = json.loads(out.read_text())
     assert set(report["metrics"]) == {"fid", "sr", "psnr"} and report["model"] == str(model_dir)
+    assert report["metrics"]["fid"]["bootstrap_std"] >= 0 and "bootstrap_std" not in report["metrics"]["psnr"]
     table = out.with_suffix(".md").read_text()
     assert "| fid |" in table and "6 gen / 6 real" in table
     # The report goes into a model card with `s2i export --metrics`; anything else is refused.

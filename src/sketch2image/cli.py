@@ -242,13 +242,13 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from sketch2image.errors import InputError
     from sketch2image.metrics.evaluate import HeldOutPairs, evaluate, held_out_dirs
-    from sketch2image.metrics.registry import parse_metrics
+    from sketch2image.metrics.registry import DEFAULT_METRICS, parse_metrics
     from sketch2image.metrics.report import report_markdown, write_report
     from sketch2image.pipeline import Sketch2Image
     from sketch2image.sketcher import TOMSketcher
     from sketch2image.train.memory import fixed_mmap_threshold
 
-    metrics = parse_metrics(args.metrics)  # a typo fails before anything loads
+    metrics = parse_metrics(args.metrics or list(DEFAULT_METRICS))  # a typo fails before anything loads
     fixed_mmap_threshold()  # peak RSS flat in the number of held-out images
     if args.data:
         images, sketches = held_out_dirs(args.data)
@@ -267,7 +267,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(f"evaluating {args.model} on {len(pairs)} held-out pairs ({images} + {sketches})")
     report = evaluate(model, pairs, None, metrics, refine=not args.no_refine, seed=args.seed,
                       batch_size=args.batch_size, cache_dir=Path(args.cache) if args.cache else None,
-                      inception_path=args.inception, num_workers=_workers(args.workers),
+                      inception_path=args.inception, num_workers=_workers(args.workers), bootstrap=args.bootstrap,
                       progress=main_process)  # fmt: skip
     if not main_process:  # under torchrun every process scored its share; one writes the report
         return
@@ -457,9 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--images", help="held-out images (instead of --data)")
     ev.add_argument("--sketches", help="their sketches, same relative file names (instead of --data)")
-    ev.add_argument("--metrics", default="fid,kid,sr,sty_rec,skt_rec,vgg_perceptual,psnr,ssim",
-                    help="comma-separated names, or 'all'")  # fmt: skip
-    ev.add_argument("--tom", help="TOM run folder for skt_rec when the model folder has none")
+    ev.add_argument("--metrics", help="comma-separated names, or 'all' (default: every metric but lpips)")
+    ev.add_argument("--tom", help="TOM run folder for skt_rec and content_leak when the model folder has none")
+    ev.add_argument("--bootstrap", type=int, default=0,
+                    help="resamples of the held-out set: adds FID's and KID's spread (bootstrap_std)")  # fmt: skip
     ev.add_argument("--out", default="eval.json", help="JSON report; a markdown table is written beside it")
     ev.add_argument("--no-refine", action="store_true", help="evaluate the auto-encoder output alone")
     ev.add_argument("--limit", type=int, help="only the first N held-out pairs")
