@@ -213,6 +213,11 @@ def test_every_image_is_reconstructed_and_classified_once_per_pass(n):
     subsets = [trainer.round_draw(r)[0] for r in range(blocks)]
     assert set(torch.cat(subsets).tolist()) == set(range(n))
     assert all(len(set(s.tolist())) == 4 for s in subsets)
+    assert not torch.equal(trainer.pass_order(0)[:4], trainer.round_draw(0)[0])  # independent streams at seed 0
+    few = AETrainer(tiny(w_style_cls=0, w_content_mi=0, batch_size=4), fake_data(3), Accelerator(cpu=True))
+    plan3 = few.planner({"data_gen": torch.Generator(), "aug_gen": torch.Generator()})
+    rows = torch.cat([plan3(step).index for step in (1, 2, 3)])  # batches larger than the set span passes
+    assert [sorted(rows[i : i + 3].tolist()) for i in range(0, 12, 3)] == [[0, 1, 2]] * 4
     old = AETrainer(tiny(cls_k=4, cls_every=1, sampling="subset"), fake_data(n), Accelerator(cpu=True))
     seen = set(torch.cat([old.round_draw(r)[0] for r in range(blocks)]).tolist())
     assert len(seen) < n  # what the independent draws missed (seeded, so this does not flake)

@@ -94,3 +94,14 @@ def test_style_follow_prefers_the_palette_it_was_given():
     own, style = torch.full((2, 3, 8, 8), 0.2), torch.full((2, 3, 8, 8), 0.8)
     assert (M.style_follow(style.clone(), style, own) < 0).all()
     assert (M.style_follow(own.clone(), style, own) > 0).all()
+
+
+def test_the_third_image_is_never_the_rows_own_or_its_style():
+    from sketch2image.errors import InputError
+    from sketch2image.metrics.evaluate import derangement, third_images
+
+    for n in (3, 4, 8, 30, 61):  # 8 and 30 once gave the own image (a 2-cycle read twice)
+        d, t, rows = derangement(n, 0), third_images(n, 0), torch.arange(n)
+        assert (t != rows).all() and (t != d).all() and sorted(t.tolist()) == list(range(n))
+    with pytest.raises(InputError, match="at least 3"):
+        evaluate(Copier(), torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8), ["content_leak"], progress=False)

@@ -92,17 +92,40 @@ class EvalContext:
         return self._get("lpips", load_lpips)
 
 
+def _cycle(n: int, seed: int, step: int | None = None) -> torch.Tensor:
+    """``out[perm[i]] = perm[i + offset]``: a seeded shuffle read ``offset`` places on (mod n), which has no
+    fixed point for 0 < offset < n. ``step`` None: the seed's own random offset."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    offset = int(torch.randint(1, n, (1,), generator=g)) if step is None else step
+    out = torch.empty(n, dtype=torch.long)
+    out[perm] = perm.roll(-offset)
+    return out
+
+
 def derangement(n: int, seed: int) -> torch.Tensor:
     """A seeded permutation with no fixed point: every sketch gets another image's style."""
     if n < 2:
         raise InputError(f"mismatched styles need at least 2 held-out images, got {n}")
+    return _cycle(n, seed)
+
+
+def third_images(n: int, seed: int) -> torch.Tensor:
+    """For row i an image that is neither i nor its style image ``derangement(n, seed)[i]``: the same shuffle
+    read at another offset (content leak's unrelated image, style sensitivity's second style)."""
+    if n < 3:
+        raise InputError(f"content_leak and style_sensitivity need at least 3 held-out images, got {n}")
+    offset = int(torch.randint(1, n, (1,), generator=_seed_after_perm(n, seed)))
+    return _cycle(n, seed, offset % (n - 1) + 1)  # in 1..n-1 and never equal to offset
+
+
+def _seed_after_perm(n: int, seed: int) -> torch.Generator:
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g)
-    # Rotate by a random non-zero offset inside the shuffled order: a single cycle, no fixed points.
-    offset = int(torch.randint(1, n, (1,), generator=g))
-    out = torch.empty(n, dtype=torch.long)
-    out[perm] = perm.roll(-offset)
-    return out
+    torch.randperm(n, generator=g)
+    return g
+
+
+THIRD_IMAGE = ("content_leak", "style_sensitivity")
 
 
 def _summary(values: torch.Tensor) -> dict:
@@ -249,9 +272,8 @@ def evaluate(
             if not todo:
                 continue
             style_index = derangement(n, seed) if task == "mismatched" else torch.arange(n)
-            # The third image of row i: two steps along the derangement's single cycle, so it is neither the
-            # style image nor (from 3 images on) the sketch's own; fixed per row, whatever the batch size.
-            third = style_index[style_index] if task == "mismatched" else style_index
+            # A third image per row (fixed per row, whatever the batch size), only for the metrics that use it.
+            third = third_images(n, seed) if any(m.name in THIRD_IMAGE for m in todo) else style_index
             keys = [(i, int(style_index[i]), int(third[i])) for i in range(n)]
             per_sample: dict[str, list] = {m.name: [] for m in todo if m.per_sample is not None}
             fake_rows, real_rows, floor_rows = [], [], []

@@ -71,7 +71,10 @@ def _content_leak(ctx, out, sketch, style, target, third=None):
 
 
 def _style_sensitivity(ctx, out, sketch, style, target, third=None):
-    other = ctx.model.decode(sketch, ctx.model.style_vectors(third), ctx.refine).to(out.device)
+    devices = [out.device] if out.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # refiner noise, if on, must not shift the other metrics' draws
+        torch.manual_seed(0)
+        other = ctx.model.decode(sketch, ctx.model.style_vectors(third), ctx.refine).to(out.device)
     return M.style_sensitivity(out, other)
 
 

@@ -15,6 +15,7 @@ Writes a run folder: ``config.json``, ``model/`` (``SketchAutoEncoder.save_pretr
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -83,6 +84,13 @@ def _init_linear(layer: nn.Linear, g: torch.Generator) -> None:
         layer.bias.copy_(torch.rand(layer.bias.shape, generator=g) * 2 * bound - bound)
 
 
+def stream(tag: str, *numbers: int) -> torch.Generator:
+    """A generator seeded from a name and numbers (sha256): independent streams that cannot collide the way
+    ``seed * a + p`` and ``seed * b + p`` do at seed 0."""
+    digest = hashlib.sha256(":".join([tag, *map(str, numbers)]).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
 def by_rank(rec: torch.Tensor, cls: torch.Tensor | None, world: int) -> torch.Tensor:
     """The global plan's row order when a step has two batches: each rank's reconstruction rows, then its
     classification rows, rank after rank, so one contiguous slice per rank holds both."""
@@ -136,6 +144,7 @@ class AETrainer(ckpt.Checkpointed):
         # A round lasts until each of its k images has been seen about cls_views times (or cls_every steps).
         self.round_steps = cfg.cls_every or math.ceil(cfg.cls_views * self.k / cfg.batch_size)
         self.round_acc: list[float] = []  # the head's batch accuracy, this round
+        self.norms_at = 0  # the last step whose gradient norms were logged
         # Seeded alike on every rank: each rank plans the same global batch and augmentation and loads
         # its own rows (train/feed.py, train/distributed.py), so the run does not depend on the number
         # of processes. With sampling=epoch and a classifier, a step has two batches: reconstruction rows
@@ -156,7 +165,7 @@ class AETrainer(ckpt.Checkpointed):
 
     def pass_order(self, p: int) -> torch.Tensor:
         """Pass ``p`` over the data set: a permutation of all n images from its own seed (no state to resume)."""
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_033 + p))
+        return torch.randperm(self.n, generator=stream("passes", self.cfg.seed, p))
 
     def epoch_rows(self, step: int, orders: dict[int, torch.Tensor]) -> torch.Tensor:
         """The reconstruction batch of ``step``: the next ``batch_size`` images of consecutive shuffled passes,
@@ -166,10 +175,11 @@ class AETrainer(ckpt.Checkpointed):
         passes, within = pos // self.n, pos % self.n
         for p in passes.unique().tolist():
             if p not in orders:
-                for old in [q for q in orders if q < p - 1]:  # a batch spans at most two passes
-                    del orders[old]
                 orders[p] = self.pass_order(p)
-        return torch.stack([orders[p][w] for p, w in zip(passes.tolist(), within.tolist(), strict=True)])
+        rows = torch.stack([orders[p][w] for p, w in zip(passes.tolist(), within.tolist(), strict=True)])
+        for old in [q for q in orders if q < int(passes[-1])]:  # later batches start in the last pass
+            del orders[old]
+        return rows
 
     def round_draw(self, round_: int) -> tuple[torch.Tensor, torch.Generator]:
         """A round's subset of k images, and the generator that then initialises its heads.
@@ -181,7 +191,7 @@ class AETrainer(ckpt.Checkpointed):
             return torch.randperm(self.n, generator=g)[: self.k], g
         blocks = math.ceil(self.n / self.k)
         p, j = divmod(round_, blocks)
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_037 + p))
+        order = torch.randperm(self.n, generator=stream("subsets", self.cfg.seed, p))
         start = min(j * self.k, self.n - self.k)
         return order[start : start + self.k], g
 
@@ -328,18 +338,21 @@ class AETrainer(ckpt.Checkpointed):
     def gradient_norms(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
         """Each weighted term's gradient norm on E_style and on E_content: which term drives a shared encoder.
 
-        One extra backward per term, so only every ``grad_norm_every`` steps, and only in one process (a
-        DDP-wrapped model must see exactly one backward per forward)."""
+        One extra backward per term, so only at a logged step at least ``grad_norm_every`` steps after the
+        last, and only in one process (a DDP-wrapped model must see exactly one backward per forward)."""
         m = self.acc.unwrap_model(self.model)
         parts = {"E_style": list(m.style_encoder.parameters()), "E_content": list(m.content_encoder.parameters())}
         weights, out = self.weights(), {}
+        scaler = getattr(self.acc, "scaler", None)  # fp16: norms of the scaled loss, unscaled (no underflow)
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         for name, value in terms.items():
             if name in self.WEIGHTLESS or not value.requires_grad:
                 continue
             for part, params in parts.items():
-                grads = torch.autograd.grad(weights[name] * value, params, retain_graph=True, allow_unused=True)
+                grads = torch.autograd.grad(weights[name] * value * scale, params, retain_graph=True,
+                                            allow_unused=True)  # fmt: skip
                 sq = sum(g.float().pow(2).sum() for g in grads if g is not None)
-                out[f"gn_{part}_{name}"] = float(sq) ** 0.5 if torch.is_tensor(sq) else 0.0
+                out[f"gn_{part}_{name}"] = float(sq) ** 0.5 / scale if torch.is_tensor(sq) else 0.0
         return out
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, StepPlan]:
@@ -357,8 +370,10 @@ class AETrainer(ckpt.Checkpointed):
         with self.acc.autocast():
             terms = self.losses(images, sketches, plan)
             loss = self.total(terms)
-        every = self.cfg.grad_norm_every
-        norms = self.gradient_norms(terms) if every and step % every == 0 and self.acc.num_processes == 1 else {}
+        every, log = self.cfg.grad_norm_every, self.cfg.log_every
+        due = every and step % log == 0 and step - self.norms_at >= every and self.acc.num_processes == 1
+        norms = self.gradient_norms(terms) if due else {}
+        self.norms_at = step if due else self.norms_at
         # The heads learn from their own losses only (the MI term uses them detached).
         opts = [self.opt, self.opt_head] if self.uses_classes else [self.opt]
         params = [*self.model.parameters(), *self.head.parameters(), *self.probes.parameters()]
