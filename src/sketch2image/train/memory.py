@@ -71,7 +71,7 @@ def check_memory(stage: str, need: dict[str, int], device: torch.device, advice:
         log.warning("%s: close to the limit. %s", said, advice)
 
 
-__all__ = ["ACTIVATION_BYTES", "MEMORY_ADVICE", "check_memory", "estimate"]
+__all__ = ["ACTIVATION_BYTES", "MEMORY_ADVICE", "check_memory", "estimate", "fixed_mmap_threshold"]
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
@@ -84,7 +84,7 @@ def fixed_mmap_threshold() -> bool:
     glibc raises the threshold each time a large mmapped buffer is freed, after which buffers of that
     size come from the heap, where a long run of differently sized activations fragments it: the peak
     RSS of ``s2i eval`` at 512 px on the CPU crept up ~0.4 MB per held-out image although nothing was
-    kept. A fixed threshold keeps it flat (benchmarks/data_scale.py) for ~10 % more CPU time there.
+    kept. A fixed threshold keeps it flat (benchmarks/data_scale.py) for 12-16 % more time there.
     Does nothing off glibc, or when the user set ``MALLOC_MMAP_THRESHOLD_`` themselves.
     """
     import ctypes
