@@ -206,6 +206,16 @@ class AEConfig(AutoEncoderConfig):
     channels_last: bool = True
     grad_checkpoint: bool = False  # recompute decoder/encoder blocks in backward: less memory at 1024 px
 
+    @property
+    def uses_classes(self) -> bool:
+        """The momentum classifier runs (for its own term or for the content MI)."""
+        return bool(self.w_style_cls or self.w_content_mi)
+
+    @property
+    def two_batches(self) -> bool:
+        """A step loads a second, classification batch from the round's subset."""
+        return self.uses_classes and self.sampling == "epoch"
+
     def validate(self) -> None:
         problems = self.problems()  # the network's settings, then the training ones
         if self.cls_k < 2 or self.cls_every < 0 or self.cls_views < 1 or self.batch_size < 2:

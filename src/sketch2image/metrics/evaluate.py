@@ -92,13 +92,16 @@ class EvalContext:
         return self._get("lpips", load_lpips)
 
 
-def _cycle(n: int, seed: int, step: int | None = None) -> torch.Tensor:
-    """``out[perm[i]] = perm[i + offset]``: a seeded shuffle read ``offset`` places on (mod n), which has no
-    fixed point for 0 < offset < n. ``step`` None: the seed's own random offset."""
+def _shuffle(n: int, seed: int) -> tuple[torch.Tensor, int]:
+    """A seeded order of the n images and a random offset in 1..n-1, from one generator."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
-    offset = int(torch.randint(1, n, (1,), generator=g)) if step is None else step
-    out = torch.empty(n, dtype=torch.long)
+    return perm, int(torch.randint(1, n, (1,), generator=g))
+
+
+def _read_on(perm: torch.Tensor, offset: int) -> torch.Tensor:
+    """``out[perm[i]] = perm[i + offset]`` (mod n): no fixed point for 0 < offset < n."""
+    out = torch.empty(len(perm), dtype=torch.long)
     out[perm] = perm.roll(-offset)
     return out
 
@@ -107,7 +110,7 @@ def derangement(n: int, seed: int) -> torch.Tensor:
     """A seeded permutation with no fixed point: every sketch gets another image's style."""
     if n < 2:
         raise InputError(f"mismatched styles need at least 2 held-out images, got {n}")
-    return _cycle(n, seed)
+    return _read_on(*_shuffle(n, seed))
 
 
 def third_images(n: int, seed: int) -> torch.Tensor:
@@ -115,14 +118,8 @@ def third_images(n: int, seed: int) -> torch.Tensor:
     read at another offset (content leak's unrelated image, style sensitivity's second style)."""
     if n < 3:
         raise InputError(f"content_leak and style_sensitivity need at least 3 held-out images, got {n}")
-    offset = int(torch.randint(1, n, (1,), generator=_seed_after_perm(n, seed)))
-    return _cycle(n, seed, offset % (n - 1) + 1)  # in 1..n-1 and never equal to offset
-
-
-def _seed_after_perm(n: int, seed: int) -> torch.Generator:
-    g = torch.Generator().manual_seed(seed)
-    torch.randperm(n, generator=g)
-    return g
+    perm, offset = _shuffle(n, seed)
+    return _read_on(perm, offset % (n - 1) + 1)  # in 1..n-1 and never equal to offset
 
 
 THIRD_IMAGE = ("content_leak", "style_sensitivity")

@@ -149,7 +149,7 @@ class AETrainer(ckpt.Checkpointed):
         # its own rows (train/feed.py, train/distributed.py), so the run does not depend on the number
         # of processes. With sampling=epoch and a classifier, a step has two batches: reconstruction rows
         # from the whole set and classification rows from the round's subset (``by_rank`` lays them out).
-        self.two_batches = self.uses_classes and cfg.sampling == "epoch"
+        self.two_batches = cfg.two_batches
         b_cls = cfg.batch_size if self.two_batches else 0
         self.rows = local_rows(accelerator, cfg.batch_size + b_cls)
         self.rec_rows = local_rows(accelerator, cfg.batch_size)
@@ -161,7 +161,7 @@ class AETrainer(ckpt.Checkpointed):
 
     @property
     def uses_classes(self) -> bool:
-        return bool(self.cfg.w_style_cls or self.cfg.w_content_mi)
+        return self.cfg.uses_classes
 
     def pass_order(self, p: int) -> torch.Tensor:
         """Pass ``p`` over the data set: a permutation of all n images from its own seed (no state to resume)."""
@@ -428,13 +428,12 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
     data = load_pairs(acc, manifest, cfg.size)
     with torch.device("meta"):  # sizes only: nothing is allocated
         counts = SketchAutoEncoder(cfg.model_config()).parameter_counts()
-    two_batches = bool(cfg.w_style_cls or cfg.w_content_mi) and cfg.sampling == "epoch"
     need = estimate(
         sum(counts.values()),
         0,
         cfg.width,
         cfg.size,
-        cfg.batch_size * (2 if two_batches else 1) // acc.num_processes,  # the classification rows too
+        cfg.batch_size * (2 if cfg.two_batches else 1) // acc.num_processes,  # the classification rows too
         workers_for(cfg.num_workers),
         3 + (2 if cfg.w_content_triplet else 1),
         cfg.mixed_precision != "no",
