@@ -17,7 +17,7 @@ METRICS = ["style_follow", "content_leak", "style_sensitivity"]
 class Edges(nn.Module):
     """A stand-in TOM: dark lines where the grey image has edges, (B, 1, H, W) in [0, 1]."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, snapshot: int | None = None) -> torch.Tensor:
         g = x.mean(1, keepdim=True)
         kx = torch.tensor([[[[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]]])
         mag = F.conv2d(g, kx, padding=1).abs() + F.conv2d(g, kx.transpose(2, 3), padding=1).abs()

@@ -109,6 +109,8 @@ def test_sketcher_is_deterministic_and_batch_independent(tmp_path, image_dir, sk
     both = sk(x)
     assert both.shape == (3, 3, 32, 32)
     assert torch.allclose(sk(x[1:2]), both[1:2], atol=1e-5)
+    for k in range(3):  # one snapshot alone (what the metrics run) is that snapshot of the full call
+        assert torch.equal(sk(x, snapshot=k), both[:, k : k + 1])
 
 
 def test_sketcher_refuses_incomplete_runs(tmp_path, tiny_tom):

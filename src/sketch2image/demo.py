@@ -82,7 +82,7 @@ def result_grid(model: Sketch2Image, data: Path, out: Path, n_styles: int = 5) -
     styles = _load(data, "images", style_ids, size)
     real_lines = list(_load(data, "lines", sketch_ids, size))
     tom_src = _load(data, "images", _spread(test, 2, 7), size)
-    tom_sketches = list(model.tom(tom_src)[:, :1].expand(-1, 3, -1, -1)) if model.tom is not None else []
+    tom_sketches = list(model.tom(tom_src, snapshot=0).expand(-1, 3, -1, -1)) if model.tom is not None else []
     blank = torch.ones(3, size, size)
     rows = [torch.stack([blank, *styles])]
     for sk in real_lines + tom_sketches:

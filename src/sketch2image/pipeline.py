@@ -429,7 +429,7 @@ class Sketch2Image:
         ok = [i for i in range(n) if ct[i] is not None]
         if ok:
             with torch.inference_mode():
-                drawn = self.tom(torch.stack([ct[i] for i in ok]).to(self.device))[:, snapshot : snapshot + 1].cpu()
+                drawn = self.tom(torch.stack([ct[i] for i in ok]).to(self.device), snapshot=snapshot).cpu()
             for i, sk in zip(ok, drawn, strict=True):
                 if (sk < 0.5).sum() == 0:
                     err = InputError(f"{_name(contents[i], i)}: TOM drew an empty sketch of this image")

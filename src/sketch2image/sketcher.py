@@ -118,10 +118,14 @@ class TOMSketcher(torch.nn.Module):
         return cls(cfg, gens, [f.stem for f in files], vgg, info).to(device)
 
     @torch.inference_mode()
-    def forward(self, images: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
-        """RGB (B, 3, H, W) in [0, 1] → sketches (B, K, H, W); H and W multiples of 16 keep sizes exact."""
+    def forward(
+        self, images: torch.Tensor, threshold: float | None = None, snapshot: int | None = None
+    ) -> torch.Tensor:
+        """RGB (B, 3, H, W) in [0, 1] → sketches (B, K, H, W), or (B, 1, H, W) from one ``snapshot`` only (the
+        metrics use one: running all K would cost K times as much); H and W multiples of 16 keep sizes exact."""
         feats = self.vgg(images, [self.cfg.feature_layer])[self.cfg.feature_layer]
-        out = torch.cat([g(feats) for g in self.generators], 1)
+        generators = self.generators if snapshot is None else [self.generators[snapshot]]
+        out = torch.cat([g(feats) for g in generators], 1)
         out = out[..., : images.shape[-2], : images.shape[-1]]
         return binarize(out, threshold) if threshold is not None else out
 

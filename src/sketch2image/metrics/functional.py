@@ -140,7 +140,7 @@ def style_vector_similarity(style_encoder: nn.Module, output: torch.Tensor, styl
 def sketch_distance(sketcher: nn.Module, output: torch.Tensor, sketch: torch.Tensor, snapshot: int = 0) -> torch.Tensor:
     """Skt-Rec per sample: mean absolute difference between the input sketch and TOM's sketch of
     the output (both grey in [0, 1])."""
-    redrawn = sketcher(output)[:, snapshot : snapshot + 1]
+    redrawn = sketcher(output, snapshot=snapshot)
     return (redrawn - sketch).abs().mean((1, 2, 3))
 
 
@@ -168,7 +168,7 @@ def content_leak(sketcher: nn.Module, output: torch.Tensor, style: torch.Tensor,
     """Per sample: correlation of TOM's sketch of the output with TOM's sketch of the style image, minus with
     that of an unrelated third image. Above 0: the style image's edges show through (the paper's Fig. 10-11
     "shadow"); the third image removes the correlation any two images of the set share (aligned faces)."""
-    drawn, of_style, of_third = (sketcher(x)[:, :1] for x in (output, style, third))
+    drawn, of_style, of_third = (sketcher(x, snapshot=0) for x in (output, style, third))
     return _pearson(drawn, of_style) - _pearson(drawn, of_third)
 
 
