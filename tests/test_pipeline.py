@@ -182,7 +182,7 @@ def test_demo_result_grid(model_dir, tmp_path):
     model = Sketch2Image.from_pretrained(model_dir)
     frame = torch.ones(1, 1, 32, 32)
     frame[..., 8:24, 8] = 0  # a 4-step TOM draws near-white: stand in a sketcher that draws a line
-    model.tom = lambda images: frame.expand(len(images), 3, -1, -1)
+    model.tom = lambda images, snapshot=None: frame.expand(len(images), 3 if snapshot is None else 1, -1, -1)
     grid = Image.open(result_grid(model, data, tmp_path / "grid.png", n_styles=3))
     cell = 32 + 2
     # rows: header, 4 line-art, 2 TOM, mixing, transfer, its content images = 10;
