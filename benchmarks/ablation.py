@@ -20,7 +20,9 @@ set) and results/<name>.png (FID and perceptual distance against steps). Each fi
 and seed is stored as it completes (results/ablation_parts/, committed), keyed by the settings and
 a sha256 of the training and held-out pixels: an interrupted run continues, and a later session
 adds variants or seeds to the same table only if it trains on the same data (regenerated with the
-same ``quality.py`` command, or a different fingerprint and every variant reruns).
+same ``quality.py`` command, or a different fingerprint and every variant reruns). Within a row, the
+trainer's state is saved at every evaluation (``--work``, default runs/ablation_work/): a row that was
+cut off goes on from its last evaluation when the same command runs again (same settings only).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import copy
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,7 +45,9 @@ from sketch2image.data.paired import PairedData, PairedFiles
 from sketch2image.metrics.evaluate import evaluate, held_out_dirs, load_held_out
 from sketch2image.pipeline import Sketch2Image
 from sketch2image.sketcher import TOMSketcher
+from sketch2image.storage import atomic_write_json
 from sketch2image.train.ae import AETrainer
+from sketch2image.train.checkpoint import load_checkpoint, save_checkpoint
 from sketch2image.train.common import seed_everything
 
 SSL_OFF = {"w_style_triplet": 0.0, "w_content_triplet": 0.0, "w_style_cls": 0.0, "w_content_mi": 0.0}
@@ -101,14 +106,36 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, torch.Tensor], seed: int) -> dict:
+def work_dir(args, name: str, seed: int) -> Path:
+    return Path(args.work) / f"{args.name}__{name}__s{seed}"
+
+
+def resume(trainer: AETrainer, work: Path, settings: dict) -> tuple[list[dict], float, int]:
+    """(curve, training seconds, next step) of an interrupted row: the trainer's state at its last evaluation,
+    if one was saved under the same settings; else a fresh start."""
+    progress = work / "progress.json"
+    if not progress.is_file():
+        return [], 0.0, 1
+    saved = json.loads(progress.read_text())
+    path = work / "checkpoints" / f"step_{saved['step']:07d}"
+    if saved.get("settings") != settings or not (path / "meta.json").is_file():
+        return [], 0.0, 1
+    trainer.load_state(*load_checkpoint(path), str(path))
+    print(f"  resumed at step {saved['step']} from {path}", flush=True)
+    return saved["curve"], saved["train_s"], saved["step"] + 1
+
+
+def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, torch.Tensor], seed: int,
+                settings: dict) -> dict:  # fmt: skip
     overrides = VARIANTS[name][1]
     cfg = AEConfig.preset(args.size, batch_size=args.batch_size, steps=args.steps, seed=seed, arch=args.arch,
                           cls_k=min(args.cls_k, len(data)), cls_every=args.cls_every, **overrides)  # fmt: skip
     seed_everything(cfg.seed)
     trainer = AETrainer(cfg, data, Accelerator(cpu=True))
-    curve, t_train = [], 0.0
-    for step in range(1, cfg.steps + 1):
+    # A row's trainer state is kept at every evaluation, so a row cut by the end of a session goes on from there.
+    work = work_dir(args, name, seed)
+    curve, t_train, start = ([], 0.0, 1) if args.fresh else resume(trainer, work, settings)
+    for step in range(start, cfg.steps + 1):
         t = time.perf_counter()
         losses = trainer.step(step)
         t_train += time.perf_counter() - t
@@ -131,6 +158,11 @@ def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, tor
             print(f"  {name} step {step}: FID {row['fid']:.2f}, perceptual {row['vgg_perceptual']:.4f}, "
                   f"follow {row['style_follow']:.4f}, sensitivity {row['style_sensitivity']:.4f}, "
                   f"leak {row.get('content_leak', float('nan')):.4f}", flush=True)  # fmt: skip
+            if step < cfg.steps:  # the checkpoint first: progress.json names only a complete one
+                save_checkpoint(work, step, *trainer.state(), keep=2)
+                atomic_write_json(work / "progress.json",
+                                  {"settings": settings, "step": step, "curve": curve, "train_s": t_train})  # fmt: skip
+    trainer.feed.close()
     return {
         "variant": name,
         "seed": seed,
@@ -217,7 +249,8 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=0, help="resamples of the held-out set for FID/KID spread")
     ap.add_argument("--name", default="ablation", help="results/<name>.{json,md,png}")
     ap.add_argument("--arch", choices=["lean", "classic"], default="lean", help="AE layout (recorded: classic)")
-    ap.add_argument("--fresh", action="store_true", help="ignore stored variant results")
+    ap.add_argument("--fresh", action="store_true", help="ignore stored variant results and interrupted rows")
+    ap.add_argument("--work", default="runs/ablation_work", help="interrupted rows' trainer states (resumed)")
     ap.add_argument("--tom", help="TOM run folder (quality.py's W/tom): Skt-Rec and content leak need it")
     args = ap.parse_args()
     args.tom_model = TOMSketcher.from_pretrained(args.tom) if args.tom else None
@@ -252,8 +285,9 @@ def main() -> None:
                     print(f"{name} seed {seed}: stored result reused")
                     continue
             print(f"{name} seed {seed}: {VARIANTS[name][2]}", flush=True)
-            res = run_variant(name, args, data, (x, s), seed)
+            res = run_variant(name, args, data, (x, s), seed, settings)
             part.write_text(json.dumps({"settings": settings, "result": res}, indent=2) + "\n")
+            shutil.rmtree(work_dir(args, name, seed), ignore_errors=True)  # the row is stored: its states go
             results.append(res)
     out = Path(__file__).parent / "results"
     command = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python " + " ".join(sys.argv)

@@ -106,7 +106,7 @@ def test_two_processes_decode_only_their_rows_and_match_one(tmp_path, paired_man
 
 
 AE_SETS = ["width=4", "max_width=32", "style_dim=16", "cls_every=2", "checkpoint_every=3", "sample_every=3",
-           "num_workers=2"]  # fmt: skip
+           "num_workers=2", "log_every=1"]  # fmt: skip
 AE_ARGS = ["--preset", "64", "--batch-size", "4", *(a for kv in AE_SETS for a in ("--set", kv))]
 
 
@@ -118,6 +118,25 @@ def test_a_resumed_run_continues_the_same_stream(tmp_path, paired_manifest):
     a = SketchAutoEncoder.from_pretrained(tmp_path / "cut").state_dict()
     b = SketchAutoEncoder.from_pretrained(tmp_path / "whole").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # same batches, augmentation, classifier rounds
+    logs = [
+        [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        for run in ("cut", "whole")
+    ]
+    cut, whole = ({r["step"]: {k: v for k, v in r.items() if k != "time"} for r in log} for log in logs)
+    # What is logged after the cut matches too: step 4 ends a classifier round that began before it (cls_acc
+    # averages the round's batches, so the round's accuracies travel in the checkpoint).
+    assert [cut[s] for s in (4, 5, 6)] == [whole[s] for s in (4, 5, 6)] and "cls_acc" in cut[4]
+
+
+def test_a_resumed_trainer_keeps_the_rounds_accuracies(paired_manifest):
+    files = PairedFiles.from_manifest(paired_manifest, 32)
+    first = _ae(files, cls_every=4)
+    for step in (1, 2):
+        first.step(step)
+    again = _ae(files, cls_every=4)
+    again.load_state(*first.state(), "test")
+    assert again.round == first.round == 0 and again.round_acc == first.round_acc and len(first.round_acc) == 2
+    assert again.step(3)["cls_acc"] == first.step(3)["cls_acc"]
 
 
 def test_an_unreadable_file_mid_run_is_skipped_with_one_warning(paired_manifest, caplog):

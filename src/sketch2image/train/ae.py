@@ -398,11 +398,12 @@ class AETrainer(ckpt.Checkpointed):
     # --- checkpoint state -------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, meta = super().state()
-        return {**tensors, "subset": self.subset.clone()}, {**meta, "round": self.round}
+        return {**tensors, "subset": self.subset.clone()}, {**meta, "round": self.round, "round_acc": self.round_acc}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
         super().load_state(tensors, meta, source)
         self.subset, self.round = tensors["subset"], meta["round"]
+        self.round_acc = list(meta.get("round_acc", []))  # the logged accuracy averages the round's batches
         self.feed.expect = None  # the next step plans again from the loaded generators
 
     def _parts(self) -> tuple[dict, dict, dict]:
