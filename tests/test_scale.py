@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import torchrun
+from test_distributed import one_thread, torchrun
 from test_metrics import ALL_BUT_LPIPS, held_out  # noqa: F401 - the fixture
 
 from sketch2image.cli import main
@@ -60,7 +60,8 @@ def test_two_processes_give_the_one_process_report(model_dir, held_out, tmp_path
     args = ["eval", "--model", str(model_dir), "--data", str(held_out), "--metrics", "fid,kid,psnr,ssim",
             "--batch-size", "2", "--cache", str(tmp_path / "c"), "--workers", "0"]  # fmt: skip
     torchrun(["-m", "sketch2image", *args, "--out", str(tmp_path / "two.json")])
-    assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
+    with one_thread():  # as each torchrun worker: FID on 6 images magnifies thread-count float noise past 1e-5
+        assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
     two, one = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("two", "one"))
     assert two["n_test"] == one["n_test"] == 6
     for name in ("fid", "kid", "psnr", "ssim"):

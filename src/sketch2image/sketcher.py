@@ -137,7 +137,7 @@ def _check_ink(reports: dict[str, InkReport], run_dir: Path, what: str) -> None:
         raise S2IError(
             f"{run_dir}: {len(bad)} of {len(reports)} TOM snapshots draw unusable sketches on {what} ({listed}). "
             f"The run diverged or is undertrained: look at {Path(run_dir) / 'samples'}, retrain or continue it "
-            "(thresholds: README, 'Sketch checks')"
+            "(thresholds: docs/training.md, 'Sketch checks')"
         )
 
 

@@ -168,7 +168,7 @@ class PairIndex:
             raise InputError(
                 f"{self.manifest}: its sketches are unusable for training: {whole.problem()} (in a sample of "
                 f"{len(rows)} items). Was TOM diverged or undertrained? Look at its samples/ and redraw the "
-                "sketches (thresholds: README, 'Sketch checks')"
+                "sketches (thresholds: docs/training.md, 'Sketch checks')"
             )
         for j in range(table.shape[1]):
             column = InkReport.of(table[:, j])
