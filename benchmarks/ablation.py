@@ -254,6 +254,8 @@ def main() -> None:
     ap.add_argument("--tom", help="TOM run folder (quality.py's W/tom): Skt-Rec and content leak need it")
     args = ap.parse_args()
     args.tom_model = TOMSketcher.from_pretrained(args.tom) if args.tom else None
+    if args.eval_every < 1 or args.steps < 1:
+        sys.exit(f"--steps {args.steps} and --eval-every {args.eval_every} must be >= 1")
     names = [n for n in args.variants.split(",") if n]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

@@ -14,6 +14,5 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null 
   fi
 fi
 .venv/bin/ruff check src tests benchmarks
-# Tiny test tensors run fastest on one thread per process (and the 2-process tests then share 2 cores).
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# Any thread count: the tests that compare runs of 1 and 2 processes pin their own threads.
 exec .venv/bin/python -m pytest -q "$@"

@@ -30,3 +30,17 @@ def car_drawing(size=128, width=1, ink=170, paper=255, aspect=1.0):
         r = int(10 * s)
         d.ellipse((int(w * cx) - r, int(90 * s) - r, int(w * cx) + r, int(90 * s) + r), outline=ink, width=width)
     return img
+
+
+def assert_same_training_state(cut, whole) -> None:
+    """Two run folders end in the same latest checkpoint, tensor for tensor: weights, optimiser moments,
+    RNG and data-stream generators. A resume that re-initialised any of them would differ."""
+    import torch
+
+    from sketch2image.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    (a, meta_a), (b, meta_b) = (load_checkpoint(latest_checkpoint(run)) for run in (cut, whole))
+    assert meta_a["step"] == meta_b["step"] and a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"resumed run differs from the uninterrupted one in {differ[:5]}"
+    assert any(k.startswith("opt") and ".state." in k for k in a)  # the moments were compared too

@@ -23,7 +23,7 @@ def _run(*args):
 def test_cli_errors_are_one_line(tmp_path, args, needle):
     args = [str(tmp_path / a) if a == "OUT" else a for a in args]
     r = _run(*args)
-    assert r.returncode != 0
+    assert r.returncode == 2  # argparse's and s2i's errors alike
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, r.stderr
     assert needle in lines[0] and "Traceback" not in r.stderr
@@ -83,3 +83,29 @@ def test_cli_train_then_sketch(tmp_path, image_dir, sketch_dir):
     assert main(sketch) == 2
     assert main([*sketch, "--no-ink-check"]) == 0
     assert len(list((tmp_path / "sk" / "s01").rglob("*.png"))) == 6
+
+
+def test_ctrl_c_mid_run_exits_130_and_the_run_resumes(tmp_path, paired_manifest, monkeypatch, capsys):
+    """Ctrl-C at step 3 of 4: exit 130 with one line, the step-2 checkpoint intact, and --resume finishes."""
+    from sketch2image.train.ae import AETrainer
+    from sketch2image.train.checkpoint import latest_checkpoint
+
+    run = tmp_path / "ae"
+    args = ["ae", "train", "--data", str(paired_manifest), "--out", str(run), "--preset", "64", "--batch-size", "4",
+            "--steps", "4", *(a for kv in ("width=4", "max_width=32", "style_dim=16", "cls_every=2",
+                                           "checkpoint_every=2") for a in ("--set", kv))]  # fmt: skip
+    step = AETrainer.step
+
+    def interrupted(self, n):
+        if n == 3:
+            raise KeyboardInterrupt
+        return step(self, n)
+
+    with monkeypatch.context() as m:
+        m.setattr(AETrainer, "step", interrupted)
+        assert main(args) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "s2i: interrupted" and "Traceback" not in err
+    assert latest_checkpoint(run).name == "step_0000002"
+    assert main([*args, "--resume"]) == 0
+    assert latest_checkpoint(run).name == "step_0000004"

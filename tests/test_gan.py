@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from accelerate import Accelerator
+from helpers import assert_same_training_state
 
 from sketch2image.configs import AEConfig, GANConfig
 from sketch2image.errors import CheckpointError
@@ -130,6 +131,9 @@ def test_train_resume_and_load(tmp_path, ae_run, paired_manifest):
     assert len(list((run / "samples").glob("*.png"))) == 2
     train_gan(tiny_gan(steps=6), ae_run, paired_manifest, run, progress=False)
     assert [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    whole = tmp_path / "whole"  # the uninterrupted run: G2, D, the EMA copy, both Adams, RNG, the data stream
+    train_gan(tiny_gan(steps=6), ae_run, paired_manifest, whole, progress=False)
+    assert_same_training_state(run, whole)
     refiner = Refiner.from_pretrained(run)
     assert not refiner.training
     assert refiner(torch.rand(1, 3, 32, 32), torch.randn(1, 16)).shape == (1, 3, 32, 32)

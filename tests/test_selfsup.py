@@ -142,7 +142,7 @@ def test_old_gan_configs_keep_their_reconstruction_scale():
     old = {k: v for k, v in to_dict(GANConfig()).items() if k != "rec_form"}
     assert from_dict(GANConfig, old).rec_form == "mse" and GANConfig().rec_form == "rgb"
     with pytest.raises(S2IError, match="rec_form"):
-        GANConfig(rec_form="l2").validate()
+        GANConfig(rec_form="l2")  # refused where it is made
 
 
 # --- the EMA refiner and its seeds -------------------------------------------------------------------

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_training_state
 from safetensors.torch import load_file
 
 from sketch2image.configs import TOMConfig
@@ -81,6 +82,14 @@ def test_train_sketch_and_resume(tmp_path, image_dir, sketch_dir, tiny_tom):
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000006"
     with pytest.raises(S2IError, match="different"):
         train_tom(TOMConfig(**{**tiny_tom.__dict__, "g_width": 4}), image_dir, sketch_dir, run, progress=False)
+
+    # ... and ends where an uninterrupted 6-step run ends: weights, Adam moments, RNG, snapshots
+    whole = tmp_path / "whole"
+    train_tom(longer, image_dir, sketch_dir, whole, progress=False)
+    assert_same_training_state(run, whole)
+    for snap in sorted((whole / "snapshots").glob("*.safetensors")):
+        a, b = load_file(str(snap)), load_file(str(run / "snapshots" / snap.name))
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
     out = tmp_path / "sketches_out"
     # A 6-step TOM draws almost nothing: the plumbing is tested here, the ink check in test_guard.py.

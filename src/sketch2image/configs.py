@@ -1,4 +1,4 @@
-"""One config dataclass per stage, with every default in one place.
+"""One config dataclass per stage, each of one shape: its network's settings + ``RunConfig`` + how it is trained.
 
 Configs are saved as JSON beside the weights; loading one checks its keys and values so a run
 folder from another version, or a typo in an override, fails with a message instead of a
@@ -14,24 +14,75 @@ from typing import Any, ClassVar, TypeVar
 
 from sketch2image.errors import CheckpointError, S2IError
 from sketch2image.nets.autoencoder import AutoEncoderConfig
-from sketch2image.nets.refiner import RefinerConfig
+from sketch2image.nets.refiner import RefinerConfig, RefinerLayout
+from sketch2image.nets.tom import SketchGeneratorConfig
 from sketch2image.nets.vgg import LAYER_NAMES
-from sketch2image.storage import from_dict, known_fields, to_dict
+from sketch2image.storage import Checked, from_dict, known_fields, to_dict
 
 T = TypeVar("T")
 
 
 @dataclass
-class TOMConfig:
+class RunConfig(Checked):
+    """How a stage is run: the same fields, meanings and checks for TOM, the AE and the GAN (each stage
+    restates only its defaults). ``*_every`` = 0: only at the last step."""
+
+    batch_size: int = 8  # the global batch (split over processes)
+    steps: int = 1000
+    seed: int = 0
+    beta1: float = 0.5
+    beta2: float = 0.999
+    max_grad_norm: float = 0.0  # clip each network's gradient norm to this (0: no clipping; the norm is logged)
+    sample_every: int = 200
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2  # 0 keeps the latest too
+    log_every: int = 10
+    num_workers: int = -1  # DataLoader workers per process; -1: from the CPU count (train/feed.py)
+    tensorboard: bool = False  # also write the logged values for TensorBoard (run folder's tensorboard/)
+    mixed_precision: str = "no"  # "no", "bf16", "fp16" (Accelerate)
+    compile: bool = False  # torch.compile the trained networks (in place; checkpoints unchanged)
+    channels_last: bool = True  # NHWC memory layout on CUDA (ignored on CPU)
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.steps < 1 or self.batch_size < 1 or self.seed < 0:
+            problems.append(f"steps and batch_size must be >= 1 and seed >= 0 (got {self.steps}, {self.batch_size}, "
+                            f"{self.seed})")  # fmt: skip
+        for name in ("sample_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} {getattr(self, name)} must be >= 0 (0: only at the last step)")
+        if self.keep_checkpoints < 0:
+            problems.append(f"keep_checkpoints {self.keep_checkpoints} must be >= 0 (0 keeps the latest, as 1)")
+        if self.num_workers < -1:
+            problems.append(f"num_workers {self.num_workers} must be >= 0, or -1 for the CPU count")
+        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            problems.append(f"beta1 {self.beta1} and beta2 {self.beta2} must be in [0, 1)")
+        if not self.max_grad_norm >= 0:  # NaN too
+            problems.append(f"max_grad_norm {self.max_grad_norm} must be >= 0 (0: no clipping)")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            problems.append(f"mixed_precision {self.mixed_precision!r} must be no, bf16 or fp16")
+        return problems
+
+
+def _positive(cfg: Any, *names: str) -> list[str]:
+    """Learning rates and multipliers: > 0 (and finite)."""
+    return [f"{n} {getattr(cfg, n)} must be > 0" for n in names if not 0 < getattr(cfg, n) < float("inf")]
+
+
+def _non_negative(cfg: Any, *names: str) -> list[str]:
+    """Loss weights and margins: >= 0 (0 switches a term off) and finite."""
+    return [f"{n} {getattr(cfg, n)} must be >= 0" for n in names if not 0 <= getattr(cfg, n) < float("inf")]
+
+
+@dataclass
+class TOMConfig(SketchGeneratorConfig, RunConfig):
     """Stage 1: sketch synthesis (paper §3). Defaults are the 128 px CPU-friendly preset."""
 
+    KIND: ClassVar[str] = "TOM config"
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"d_norm": "none"}  # runs started before ``d_norm`` existed
 
     size: int = 128
-    feature_layer: str = "relu3_1"  # G reads this VGG layer; the AdaIN feature target lives here too
     gram_layers: list[str] = field(default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1"])
-    g_width: int = 32
-    g_max_width: int = 256
     d_forms: int = 128
     d_hidden: int = 256
     d_norm: str = "spectral"  # "spectral": unit projections + spectrally normalised MLP; "none": the first D
@@ -42,10 +93,6 @@ class TOMConfig:
     w_gram: float = 0.0  # optional Gram matching to the re-matched real sketches
     lr_g: float = 2e-4
     lr_d: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    max_grad_norm: float = 0.0  # clip each network's gradient norm to this (0: no clipping; the norm is logged)
-    batch_size: int = 8
     steps: int = 520
     # Multiple transfers: K generator snapshots, every `snapshot_every` steps after `warmup`.
     snapshots: int = 10
@@ -57,20 +104,12 @@ class TOMConfig:
     snapshot_focus: float = 0.35
     stroke_variants: bool = True
     hflip: bool = True
-    seed: int = 0
     sample_every: int = 100
     checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    log_every: int = 10
     num_workers: int = 0
-    mixed_precision: str = "no"  # "no", "bf16", "fp16" (Accelerate)
-    compile: bool = False  # torch.compile the trained networks (in place; checkpoints unchanged)
-    channels_last: bool = True  # NHWC memory layout on CUDA (ignored on CPU)
 
-    def validate(self) -> None:
-        problems = []
-        if self.feature_layer not in LAYER_NAMES:
-            problems.append(f"feature_layer {self.feature_layer!r} not in {LAYER_NAMES}")
+    def problems(self) -> list[str]:
+        problems = super().problems()
         problems += [f"gram layer {g!r} not in {LAYER_NAMES}" for g in self.gram_layers if g not in LAYER_NAMES]
         if self.size < 16 or self.size % 16:
             problems.append(f"size {self.size} must be a multiple of 16 and >= 16")
@@ -80,18 +119,19 @@ class TOMConfig:
             problems.append(f"gan_loss {self.gan_loss!r} must be 'bce' or 'hinge'")
         if not 0.0 < self.snapshot_focus <= 1.0:
             problems.append(f"snapshot_focus {self.snapshot_focus} must be in (0, 1]")
-        if self.max_grad_norm < 0:
-            problems.append(f"max_grad_norm {self.max_grad_norm} must be >= 0 (0: no clipping)")
-        if self.snapshots < 1 or self.snapshot_every < 1 or self.batch_size < 1:
-            problems.append("snapshots, snapshot_every and batch_size must be >= 1")
-        last = self.warmup + (self.snapshots - 1) * self.snapshot_every
-        if last > self.steps:
-            problems.append(
-                f"the last snapshot falls at step {last} > steps {self.steps}: "
-                "raise steps or lower warmup/snapshot_every/snapshots"
-            )
-        if problems:
-            raise S2IError("invalid TOM config: " + "; ".join(problems))
+        if self.d_forms < 1 or self.d_hidden < 1:
+            problems.append("d_forms and d_hidden must be >= 1")
+        problems += _positive(self, "lr_g", "lr_d") + _non_negative(self, "w_adv", "w_feat", "w_gram")
+        if self.snapshots < 1 or self.snapshot_every < 1 or self.warmup < 0:
+            problems.append("snapshots and snapshot_every must be >= 1, warmup >= 0")
+        else:
+            last = self.warmup + (self.snapshots - 1) * self.snapshot_every
+            if last > self.steps:
+                problems.append(
+                    f"the last snapshot falls at step {last} > steps {self.steps}: "
+                    "raise steps or lower warmup/snapshot_every/snapshots"
+                )
+        return problems
 
     def snapshot_steps(self) -> list[int]:
         return [self.warmup + i * self.snapshot_every for i in range(self.snapshots)]
@@ -133,12 +173,14 @@ AE_PRESETS: dict[int, dict[str, int]] = {
 
 
 @dataclass
-class AEConfig(AutoEncoderConfig):
+class AEConfig(AutoEncoderConfig, RunConfig):
     """Stage 2: the self-supervised auto-encoder (paper §4.1, appendix A). Defaults: the 64 px preset.
 
     The network's settings (size, arch, widths, dmi, style injection, ...) are the fields it inherits
-    from ``AutoEncoderConfig``; the fields below are how it is trained.
+    from ``AutoEncoderConfig``, how it is run those of ``RunConfig``; the fields below are how it is trained.
     """
+
+    KIND: ClassVar[str] = "AE config"
 
     # What configs written before a key existed meant by leaving it out.
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {
@@ -189,21 +231,8 @@ class AEConfig(AutoEncoderConfig):
     mask_max_frac: float = 0.2
     thicken_p: float = 0.25
     lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    max_grad_norm: float = 0.0  # clip the gradient norm to this (0: no clipping; the norm is logged)
     batch_size: int = 16
     steps: int = 2000
-    seed: int = 0
-    sample_every: int = 200
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    num_workers: int = -1  # DataLoader workers per process; -1: from the CPU count (train/feed.py)
-    tensorboard: bool = False
-    mixed_precision: str = "no"
-    compile: bool = False
-    channels_last: bool = True
     grad_checkpoint: bool = False  # recompute decoder/encoder blocks in backward: less memory at 1024 px
 
     @property
@@ -216,35 +245,27 @@ class AEConfig(AutoEncoderConfig):
         """A step loads a second, classification batch from the round's subset."""
         return self.uses_classes and self.sampling == "epoch"
 
-    def validate(self) -> None:
-        problems = self.problems()  # the network's settings, then the training ones
+    def problems(self) -> list[str]:
+        problems = super().problems()  # the network's settings, then how it is run
         if self.cls_k < 2 or self.cls_every < 0 or self.cls_views < 1 or self.batch_size < 2:
             problems.append("cls_k and batch_size must be >= 2, cls_views >= 1, cls_every >= 0 (0: from cls_views)")
-        if self.num_workers < -1:
-            problems.append(f"num_workers {self.num_workers} must be >= 0, or -1 for the CPU count")
         for name, allowed in (("rec_form", ("rgb", "mse")), ("sampling", ("epoch", "subset")),
-                              ("content_levels", ("all", "last")), ("mi_probe", ("probe", "style_head"))):  # fmt: skip
+                              ("content_levels", ("all", "last")), ("mi_probe", ("probe", "style_head")),
+                              ("content_mi_form", ("kl", "mse"))):  # fmt: skip
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} {getattr(self, name)!r} must be one of {', '.join(allowed)}")
         if self.grad_norm_every < 0:
             problems.append(f"grad_norm_every {self.grad_norm_every} must be >= 0 (0: never)")
-        if self.content_mi_form not in ("kl", "mse"):
-            problems.append(f"content_mi_form {self.content_mi_form!r} must be kl or mse")
-        if any(
-            w < 0
-            for w in (
-                self.w_rec,
-                self.w_perceptual,
-                self.w_style_triplet,
-                self.w_content_triplet,
-                self.w_style_cls,
-                self.w_content_mi,
-                self.max_grad_norm,
-            )
-        ):
-            problems.append("loss weights and max_grad_norm must be >= 0")
-        if problems:
-            raise S2IError("invalid AE config: " + "; ".join(problems))
+        problems += _positive(self, "lr", "cls_lr_mult")
+        problems += _non_negative(self, "w_rec", "w_perceptual", "w_style_triplet", "w_content_triplet",
+                                  "w_style_cls", "w_content_mi", "style_margin", "content_margin",
+                                  "aug_max_rotate", "aug_max_shift", "mask_regions")  # fmt: skip
+        if not 0 < self.aug_min_scale <= self.aug_max_scale:
+            problems.append(f"aug_min_scale {self.aug_min_scale} and aug_max_scale {self.aug_max_scale}: need "
+                            "0 < min <= max")  # fmt: skip
+        problems += [f"{n} {getattr(self, n)} must be in [0, 1]" for n in ("mask_max_frac", "thicken_p")
+                     if not 0 <= getattr(self, n) <= 1]  # fmt: skip
+        return problems
 
     @classmethod
     def preset(cls, size: int, **overrides: Any) -> AEConfig:
@@ -269,20 +290,18 @@ GAN_PRESETS: dict[int, dict[str, int]] = {
 
 
 @dataclass
-class GANConfig:
-    """Stage 3: the GAN refiner (paper §4.2, appendix A.4). Size and style size come from the frozen AE."""
+class GANConfig(RefinerLayout, RunConfig):
+    """Stage 3: the GAN refiner (paper §4.2, appendix A.4). Size and style size come from the frozen AE;
+    G2's layout is ``RefinerLayout``'s fields, how it is run ``RunConfig``'s."""
 
+    KIND: ClassVar[str] = "GAN config"
     # What configs written before a key existed meant by leaving it out.
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic", "ema_ramp": False, "rec_form": "mse"}
 
-    arch: str = "lean"  # lean | classic (see nets/refiner.py); configs without the key are classic
     width: int = 0  # G2 channels at full resolution (doubling per halving, <= max_width); 0: GAN_PRESETS
-    max_width: int = 256
     levels: int = 0  # encoder-decoder depth: the bottleneck is size / 2**levels; 0: GAN_PRESETS
     d_width: int = 32
     d_layers: int = 3  # stride-2 convolutions in the patch discriminator
-    noise: bool = True  # per-pixel noise injected at every decoder level (learnt per-channel strength)
-    use_style: bool = True  # the AE's style vector gates G2's decoder channels
     w_rec: float = 10.0  # λ of paper Eq. 14
     # ‖G2(I_ae) − I‖² of Eq. 14: ``rgb`` is the squared colour distance per pixel in the [−1, 1] range the
     # discriminator sees (12x a per-element MSE on [0, 1] images); ``mse`` (runs made before the key
@@ -293,38 +312,20 @@ class GANConfig:
     lr_d: float = 2e-4
     beta1: float = 0.0
     beta2: float = 0.99
-    max_grad_norm: float = 0.0  # clip each network's gradient norm to this (0: no clipping; the norm is logged)
     ema_decay: float = 0.999
     ema_ramp: bool = True  # decay min(ema_decay, (1+t)/(10+t)) at step t: the EMA follows G2 from the start
-    batch_size: int = 8
-    steps: int = 1000
-    seed: int = 0
-    sample_every: int = 200
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    num_workers: int = -1  # DataLoader workers per process; -1: from the CPU count (train/feed.py)
-    mixed_precision: str = "no"
-    compile: bool = False
-    channels_last: bool = True
     grad_checkpoint: bool = False
 
-    def validate(self) -> None:
-        problems = []
-        if self.num_workers < -1:
-            problems.append(f"num_workers {self.num_workers} must be >= 0, or -1 for the CPU count")
+    def problems(self) -> list[str]:
+        problems = super().problems()
         if self.levels < 0 or self.width < 0 or self.d_layers < 1 or self.d_width < 1:
             problems.append("d_layers and d_width must be >= 1, levels and width >= 0 (0: the size's preset)")
-        if self.arch not in ("lean", "classic"):
-            problems.append(f"arch {self.arch!r} must be lean or classic")
         if self.rec_form not in ("rgb", "mse"):
             problems.append(f"rec_form {self.rec_form!r} must be rgb or mse")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay {self.ema_decay} must be in [0, 1)")
-        if self.batch_size < 1 or self.w_rec < 0 or self.max_grad_norm < 0:
-            problems.append("batch_size must be >= 1, w_rec and max_grad_norm >= 0")
-        if problems:
-            raise S2IError("invalid GAN config: " + "; ".join(problems))
+        problems += _positive(self, "lr_g", "lr_d") + _non_negative(self, "w_rec")
+        return problems
 
     def for_size(self, size: int) -> GANConfig:
         """``width``/``levels`` left at 0 filled from the preset of the AE's image size."""

@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sketch2image.errors import CheckpointError
+from sketch2image.errors import CheckpointError, S2IError
 
 T = TypeVar("T")
 
@@ -169,16 +169,38 @@ def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], source: st
 
 
 # --- configs -----------------------------------------------------------------------------------------
+class Checked:
+    """Base of every config dataclass: checked where it is made (``__post_init__``: the constructor,
+    ``dataclasses.replace``, ``from_dict``), so nothing downstream checks it again. Each layer of a
+    config (network, run, stage) adds its own ``problems``, calling ``super().problems()`` first."""
+
+    KIND: ClassVar[str] = "config"
+
+    def problems(self) -> list[str]:
+        return []
+
+    def validate(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise S2IError(f"invalid {self.KIND}: " + "; ".join(problems))
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build ``cls`` from a dict, rejecting unknown keys and wrongly typed values (then ``validate()``)."""
+    """Build ``cls`` from a dict, rejecting unknown keys, wrongly typed values and (``Checked``) invalid ones,
+    each with an error naming ``source``."""
     if not isinstance(data, dict):
         raise CheckpointError(f"{source}: a config must be a JSON object")
     names = {f.name: f for f in dataclasses.fields(cls)}
-    data = {**getattr(cls, "LEGACY_DEFAULTS", {}), **data}  # keys added later keep old files' meaning
+    # Keys added later keep old files' meaning; a layer's legacy defaults hold for every config built on it.
+    legacy = {k: v for c in reversed(cls.__mro__) for k, v in vars(c).get("LEGACY_DEFAULTS", {}).items()}
+    data = {**legacy, **data}
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise CheckpointError(f"{source}: unknown {cls.__name__} keys {unknown} (written by another version?)")
@@ -188,10 +210,12 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
         ok = isinstance(val, want) or (want is float and isinstance(val, int) and not isinstance(val, bool))
         if not ok or (want is int and isinstance(val, bool)):
             raise CheckpointError(f"{source}: {key}={val!r} should be {getattr(want, '__name__', want)}")
-    cfg = cls(**data)
-    if hasattr(cfg, "validate"):
-        cfg.validate()
-    return cfg
+    try:
+        return cls(**data)
+    except CheckpointError:
+        raise
+    except S2IError as e:
+        raise CheckpointError(f"{source}: {e}") from e
 
 
 def load_config(cls: type[T], path: str | os.PathLike) -> T:

@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sketch2image.errors import S2IError
 from sketch2image.nets.blocks import (
     ConvBlock,
     DualMaskInjection,
@@ -36,14 +35,15 @@ from sketch2image.nets.blocks import (
     lean_up,
     run_block,
 )
-from sketch2image.storage import AE_FORMAT, AE_FORMATS_READ, Pretrained, from_dict, known_fields
+from sketch2image.storage import AE_FORMAT, AE_FORMATS_READ, Checked, Pretrained, from_dict, known_fields
 
 
 @dataclass
-class AutoEncoderConfig:
+class AutoEncoderConfig(Checked):
     """The network's settings (what ``config.json`` of a saved auto-encoder holds). The training config
     ``configs.AEConfig`` extends it with how the network is trained."""
 
+    KIND: ClassVar[str] = "auto-encoder config"
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic"}  # files written before ``arch`` existed
 
     size: int = 64
@@ -58,7 +58,9 @@ class AutoEncoderConfig:
     style_min_res: int = 8  # style is injected on decoder layers at this resolution and above
 
     def problems(self) -> list[str]:
-        problems = []
+        problems = super().problems()
+        if self.width < 1 or self.max_width < 1 or self.style_dim < 1 or self.heavy_res < 0 or self.style_min_res < 0:
+            problems.append("width, max_width and style_dim must be >= 1, heavy_res and style_min_res >= 0")
         if self.dmi not in ("none", "sketch", "feature"):
             problems.append(f"dmi {self.dmi!r} must be none, sketch or feature")
         if self.arch not in ("lean", "classic"):
@@ -68,10 +70,6 @@ class AutoEncoderConfig:
         if self.size < 2 * self.content_res or self.size & (self.size - 1) or self.content_res & (self.content_res - 1):
             problems.append(f"size {self.size} and content_res {self.content_res} must be powers of two, size >= 2x")
         return problems
-
-    def validate(self) -> None:
-        if self.problems():
-            raise S2IError("invalid auto-encoder config: " + "; ".join(self.problems()))
 
     def model_config(self) -> AutoEncoderConfig:
         """The network's settings alone (of a training config that extends this one: its network part)."""
@@ -206,8 +204,7 @@ class SketchAutoEncoder(Pretrained, nn.Module):
     def __init__(self, cfg: AutoEncoderConfig) -> None:
         """``cfg``: the network's settings (a training ``AEConfig`` is reduced to them)."""
         super().__init__()
-        cfg = cfg.model_config()
-        cfg.validate()
+        cfg = cfg.model_config()  # checked where it is made
         self.cfg = cfg
         self.style_encoder = StyleEncoder(cfg)
         self.content_encoder = ContentEncoder(cfg)

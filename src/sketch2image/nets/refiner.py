@@ -20,16 +20,17 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from sketch2image.errors import CheckpointError, S2IError
+from sketch2image.errors import CheckpointError
 from sketch2image.nets.blocks import ConvBlock, StyleInjection, lean_down, lean_up, run_block
-from sketch2image.storage import REFINER_FORMAT, REFINER_FORMATS_READ, Pretrained, from_dict, known_fields
+from sketch2image.storage import REFINER_FORMAT, REFINER_FORMATS_READ, Checked, Pretrained, from_dict, known_fields
 
 
 @dataclass
-class RefinerConfig:
-    """G2's settings (what ``config.json`` of a saved refiner holds); ``configs.GANConfig`` has the training
-    settings and makes one of these for a given auto-encoder (``model_config``)."""
+class RefinerLayout(Checked):
+    """G2's layout, shared by the network's settings (``RefinerConfig``) and the training config
+    (``configs.GANConfig``, where width and levels 0 mean "the AE size's preset")."""
 
+    KIND: ClassVar[str] = "refiner layout"
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"arch": "classic"}  # files written before ``arch`` existed
 
     arch: str = "lean"  # lean | classic
@@ -38,16 +39,30 @@ class RefinerConfig:
     levels: int = 3  # encoder-decoder depth: the bottleneck is size / 2**levels
     noise: bool = True  # per-pixel noise injected at every decoder level (learnt per-channel strength)
     use_style: bool = True  # the AE's style vector gates G2's decoder channels
-    style_dim: int = 512  # the auto-encoder's style vector size
 
-    def validate(self) -> None:
-        problems = []
+    def problems(self) -> list[str]:
+        problems = super().problems()
         if self.arch not in ("lean", "classic"):
             problems.append(f"arch {self.arch!r} must be lean or classic")
-        if self.width < 1 or self.levels < 1 or self.max_width < 1 or self.style_dim < 1:
-            problems.append("width, levels, max_width and style_dim must be >= 1")
-        if problems:
-            raise S2IError("invalid refiner config: " + "; ".join(problems))
+        if self.max_width < 1:
+            problems.append(f"max_width {self.max_width} must be >= 1")
+        return problems
+
+
+@dataclass
+class RefinerConfig(RefinerLayout):
+    """G2's settings (what ``config.json`` of a saved refiner holds); ``configs.GANConfig`` has the training
+    settings and makes one of these for a given auto-encoder (``model_config``)."""
+
+    KIND: ClassVar[str] = "refiner config"
+
+    style_dim: int = 512  # the auto-encoder's style vector size
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.width < 1 or self.levels < 1 or self.style_dim < 1:
+            problems.append("width, levels and style_dim must be >= 1")
+        return problems
 
 
 class NoiseInjection(nn.Module):
@@ -80,7 +95,6 @@ class Refiner(Pretrained, nn.Module):
 
     def __init__(self, cfg: RefinerConfig) -> None:
         super().__init__()
-        cfg.validate()
         self.cfg = cfg
         self.ckpt = False  # recompute blocks in backward (gradient_checkpointing)
         style_dim = cfg.style_dim

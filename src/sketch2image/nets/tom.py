@@ -8,13 +8,35 @@ judges the Gram matrices of VGG features of a sketch, i.e. stroke statistics, no
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from sketch2image.nets.vgg import CHANNELS, layer_stride
+from sketch2image.nets.vgg import CHANNELS, LAYER_NAMES, layer_stride
+from sketch2image.storage import Checked
+
+
+@dataclass
+class SketchGeneratorConfig(Checked):
+    """A snapshot generator's settings; ``configs.TOMConfig`` extends them with how TOM is trained."""
+
+    KIND: ClassVar[str] = "sketch generator config"
+
+    feature_layer: str = "relu3_1"  # G reads this VGG layer; the AdaIN feature target lives here too
+    g_width: int = 32
+    g_max_width: int = 256
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.feature_layer not in LAYER_NAMES:
+            problems.append(f"feature_layer {self.feature_layer!r} not in {LAYER_NAMES}")
+        if self.g_width < 1 or self.g_max_width < 1:
+            problems.append("g_width and g_max_width must be >= 1")
+        return problems
 
 
 def _conv(cin: int, cout: int) -> nn.Conv2d:

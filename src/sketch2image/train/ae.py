@@ -39,7 +39,7 @@ from sketch2image.losses import (
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.storage import atomic_write_json
 from sketch2image.train import checkpoint as ckpt
-from sketch2image.train.common import adam, make_accelerator, prepare_run_dir, run_steps, seed_everything, speed_up
+from sketch2image.train.common import adam, due, make_accelerator, prepare_run_dir, run_steps, seed_everything, speed_up
 from sketch2image.train.distributed import check_shared, gather, load_pairs, local_rows
 from sketch2image.train.feed import Feed, StepPlan, states, workers_for
 from sketch2image.train.guard import FiniteGuard
@@ -111,7 +111,6 @@ class AETrainer(ckpt.Checkpointed):
         vgg: nn.Module | None = None,
         run_dir: Path | None = None,
     ):
-        cfg.validate()
         self.cfg, self.acc, self.data, self.n = cfg, accelerator, data, len(data)
         self.guard = FiniteGuard("AE", accelerator, run_dir)
         self.k = min(cfg.cls_k, self.n)
@@ -370,10 +369,11 @@ class AETrainer(ckpt.Checkpointed):
         with self.acc.autocast():
             terms = self.losses(images, sketches, plan)
             loss = self.total(terms)
-        every, log = self.cfg.grad_norm_every, self.cfg.log_every
-        due = every and step % log == 0 and step - self.norms_at >= every and self.acc.num_processes == 1
-        norms = self.gradient_norms(terms) if due else {}
-        self.norms_at = step if due else self.norms_at
+        every = self.cfg.grad_norm_every
+        logged = due(step, self.cfg.log_every, self.cfg.steps)
+        due_now = every and logged and step - self.norms_at >= every and self.acc.num_processes == 1
+        norms = self.gradient_norms(terms) if due_now else {}
+        self.norms_at = step if due_now else self.norms_at
         # The heads learn from their own losses only (the MI term uses them detached).
         opts = [self.opt, self.opt_head] if self.uses_classes else [self.opt]
         params = [*self.model.parameters(), *self.head.parameters(), *self.probes.parameters()]
@@ -423,7 +423,6 @@ def sample_grid(trainer: AETrainer, path: Path, n: int = 6) -> Path:
 
 
 def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = True, progress: bool = True) -> Path:
-    cfg.validate()
     run_dir = Path(run_dir)
     acc = make_accelerator(cfg.mixed_precision)
     data = load_pairs(acc, manifest, cfg.size)
@@ -456,7 +455,6 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
             + ", ".join(f"{k} {v:,}" for k, v in counts.items())
             + f" params; dmi={cfg.dmi}, style={cfg.style_injection}; steps {start}->{cfg.steps}"
         )
-    tb = _tensorboard(run_dir) if cfg.tensorboard and acc.is_main_process else None
     try:
         run_steps(
             acc,
@@ -469,16 +467,7 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
             sample_fn=lambda path: sample_grid(trainer, path),
             save_model=lambda: acc.unwrap_model(trainer.model).save_pretrained(run_dir / "model"),
             progress=progress,
-            tensorboard=tb,
         )
     finally:
         trainer.feed.close()
     return run_dir
-
-
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise S2IError("tensorboard=true needs the tensorboard package: pip install tensorboard") from e
-    return SummaryWriter(str(run_dir / "tensorboard"))

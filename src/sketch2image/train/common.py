@@ -115,6 +115,19 @@ def discriminator_step(
     return loss, frozen
 
 
+def due(step: int, every: int, last: int) -> bool:
+    """An ``*_every`` interval: every ``every`` steps and at the last; 0: only at the last."""
+    return step == last or (every > 0 and step % every == 0)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise S2IError("tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
 def run_steps(
     acc,
     trainer,
@@ -128,7 +141,6 @@ def run_steps(
     save_model=None,
     after_step=None,
     progress: bool = True,
-    tensorboard=None,
 ) -> None:
     """The loop of every stage: step, log, hooks, sample grid, checkpoint (+ model folder).
 
@@ -139,6 +151,7 @@ def run_steps(
     from tqdm.auto import tqdm
 
     logger = JsonlLog(run_dir / "log.jsonl", acc.is_main_process)
+    tensorboard = _tensorboard(run_dir) if cfg.tensorboard and acc.is_main_process else None
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (progress and acc.is_main_process))
     try:  # the bar ends its line before any error is printed
         for step in range(start + 1, cfg.steps + 1):
@@ -151,7 +164,7 @@ def run_steps(
                     "mixed_precision=bf16"
                 ) from e
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if due(step, cfg.log_every, cfg.steps):
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
                 logger.write(step=step, **losses)
                 if tensorboard is not None:
@@ -159,9 +172,9 @@ def run_steps(
                         tensorboard.add_scalar(f"{desc.lower()}/{k}", v, step)
             if after_step is not None:
                 after_step(step)
-            if acc.is_main_process and (step % cfg.sample_every == 0 or step == cfg.steps):
+            if acc.is_main_process and due(step, cfg.sample_every, cfg.steps):
                 sample_fn(run_dir / "samples" / f"step_{step:07d}.png")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if due(step, cfg.checkpoint_every, cfg.steps):
                 tensors, meta = trainer.state()
                 trainer.guard.check_weights(tensors)  # nothing is written from non-finite weights
                 if acc.is_main_process:
@@ -170,4 +183,6 @@ def run_steps(
                         save_model()
     finally:
         bar.close()
+        if tensorboard is not None:
+            tensorboard.close()
     acc.wait_for_everyone()

@@ -50,7 +50,6 @@ class GANTrainer(ckpt.Checkpointed):
         run_dir: Path | None = None,
     ) -> None:
         cfg = cfg.for_size(ae.cfg.size)
-        cfg.validate()
         self.cfg, self.acc, self.data = cfg, accelerator, data
         self.guard = FiniteGuard("GAN", accelerator, run_dir)
         self.ae = ae.to(accelerator.device).eval().requires_grad_(False)
@@ -142,7 +141,6 @@ def sample_grid(trainer: GANTrainer, path: Path, n: int = 6) -> Path:
 def train_gan(
     cfg: GANConfig, ae_run: Path, manifest: Path, run_dir: Path, *, resume: bool = True, progress: bool = True
 ) -> Path:
-    cfg.validate()
     run_dir = Path(run_dir)
     acc = make_accelerator(cfg.mixed_precision)
     ae = SketchAutoEncoder.from_pretrained(ae_run, acc.device)

@@ -42,6 +42,7 @@ from sketch2image.train.common import (
     speed_up,
 )
 from sketch2image.train.distributed import check_shared, local_rows
+from sketch2image.train.feed import workers_for
 from sketch2image.train.guard import FiniteGuard
 
 log = logging.getLogger("sketch2image")
@@ -217,7 +218,6 @@ def train_tom(
     cfg: TOMConfig, images: Path, sketches: Path, run_dir: Path, *, resume: bool = True, progress: bool = True
 ) -> Path:
     """Train (or continue) a TOM run; returns the run folder."""
-    cfg.validate()
     run_dir = Path(run_dir)
     acc = make_accelerator(cfg.mixed_precision)
     dataset = ImageFolder(images, cfg.size, progress=progress and acc.is_main_process)
@@ -259,8 +259,14 @@ def train_tom(
     # Global batches drawn alike on every rank (each loads only its own rows); a resumed run skips the
     # batches already trained on, so it sees exactly the batches of an uninterrupted run.
     batches = LocalBatches(BatchSampler(sampler, cfg.batch_size, drop_last=True), trainer.rows, skip=start)
+    # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG when the
+    # iterator starts, which a resumed run does once more than an uninterrupted one.
     loader = DataLoader(
-        dataset, batch_sampler=batches, num_workers=cfg.num_workers, pin_memory=acc.device.type == "cuda"
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers_for(cfg.num_workers),  # -1: from the CPU count, as in every stage
+        pin_memory=acc.device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     spread = torch.linspace(0, len(dataset) - 1, min(8, len(dataset))).long().tolist()  # a varied sample set
     fixed = torch.stack([dataset[i]["image"] for i in spread]).to(acc.device)
