@@ -39,7 +39,8 @@ class JsonlLog:
 # How a run is executed, not what it computes: these may change when a run is resumed (another
 # machine, more GPUs, a longer budget).
 RUNTIME_KEYS = ("steps", "compile", "channels_last", "grad_checkpoint", "num_workers", "sample_every",
-                "checkpoint_every", "log_every", "keep_checkpoints", "tensorboard", "grad_norm_every")  # fmt: skip
+                "checkpoint_every", "log_every", "keep_checkpoints", "tensorboard", "grad_norm_every",
+                "mixed_precision")  # fmt: skip
 
 
 def prepare_run_dir(run_dir: Path, cfg: Any, resume: bool, mutable: tuple[str, ...] = RUNTIME_KEYS) -> Any:
