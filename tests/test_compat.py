@@ -44,6 +44,18 @@ def test_old_exported_model_gives_the_recorded_outputs(expected):
     torch.testing.assert_close(model.tom(styles), expected["tom"])
 
 
+def test_the_noise_path_gives_the_recorded_outputs(expected):
+    """The 0.1.0 refiner's noise strengths are 0 (its "refined with noise" is "refined"); with strengths set,
+    the seeded per-output noise must still be drawn as recorded (tests/fixtures/make_noise_record.py)."""
+    from fixtures.make_noise_record import noisy_output
+
+    record = load_file(str(OLD.parent / "noise_record.safetensors"))["refined_noise"]
+    assert torch.equal(expected["refined_noise"], expected["refined"])  # why this record exists
+    out = noisy_output()
+    assert (out - expected["refined"]).abs().max() > 1e-2  # the noise reaches the picture
+    torch.testing.assert_close(out, record)
+
+
 def test_old_tom_run_folder_loads(expected):
     _, styles = _inputs()
     torch.testing.assert_close(TOMSketcher.from_pretrained(OLD / "tom_run")(styles), expected["tom"])
