@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from sketch2image.configs import AEConfig, GANConfig, TOMConfig
 from sketch2image.nets.autoencoder import SketchAutoEncoder
+from sketch2image.nets.blocks import StyleInjection
 from sketch2image.nets.refiner import Refiner
 from sketch2image.pipeline import Sketch2Image
 from sketch2image.train.tom import train_tom
@@ -106,6 +107,9 @@ def paired_manifest(tmp_path: Path, image_dir: Path) -> Path:
 def model_dir(tmp_path, image_dir, sketch_dir, tiny_tom):
     torch.manual_seed(0)
     ae = SketchAutoEncoder(AEConfig(size=32, width=8, max_width=32, style_dim=16, content_res=8).model_config())
+    for m in ae.modules():  # an auto-encoder whose output depends on the style (at init it barely does)
+        if isinstance(m, StyleInjection):
+            torch.nn.init.normal_(m.proj.weight, std=2.0)
     ae.save_pretrained(tmp_path / "ae_run" / "model")
     ref = Refiner(GANConfig(width=8, max_width=16, levels=2).model_config(32, style_dim=16))
     torch.nn.init.normal_(ref.to_rgb.weight, std=0.1)  # a refiner that is not the identity any more

@@ -51,9 +51,12 @@ def test_generate_from_a_drawing_any_size(app, image_dir):
     assert np.asarray(refined).std() > 0 and not np.array_equal(np.asarray(ae), np.asarray(refined))
     grey = np.asarray(seen.convert("L"))
     assert grey[0, 0] == 255 and grey.min() < 64  # the preview: dark normalised lines on white
-    style = str(next(image_dir.glob("*.png")))
-    ae2, _, _, msg2 = app.generate(_drawing(97), None, style, None)  # an uploaded style wins over the gallery
-    assert msg2 == "" and ae2.size == ae.size
+    style = str(sorted(image_dir.glob("*.png"))[-1])
+    uploaded, _, _, msg2 = app.generate(_drawing(97), None, style, None)
+    both = app.generate(_drawing(97), None, style, 0)[0]  # an upload and a gallery pick: the upload wins
+    gallery = app.generate(_drawing(97), None, None, 0)[0]
+    assert msg2 == "" and uploaded.size == ae.size and np.array_equal(np.asarray(both), np.asarray(uploaded))
+    assert np.abs(np.asarray(both, np.int16) - np.asarray(gallery, np.int16)).max() > 10  # the AE follows the style
     *_, as_drawn, msg3 = app.generate(_drawing(300), None, None, 0, "none")
     assert msg3 == "" and not np.array_equal(np.asarray(as_drawn), np.asarray(seen))
 
@@ -80,16 +83,19 @@ def test_callbacks_report_problems_as_messages(app, tmp_path):
 
 def test_mix_and_transfer(app, image_dir, tmp_path):
     styles = [str(p) for p in sorted(image_dir.glob("*.png"))[:4]]
-    (img,), msg = app.mix(_drawing(), None, "vector", *styles[:2], None, None, 0.3, 0.7, 1, 1)[:1], ""
-    assert img.size == (app.model.size, app.model.size)
+    img, msg = app.mix(_drawing(), None, "vector", *styles[:2], None, None, 0.3, 0.7, 1, 1)
+    assert msg == "" and img.size == (app.model.size, app.model.size)
     stitched, msg = app.mix(_drawing(), None, "stitch", *styles, 1, 1, 1, 1)
     assert msg == "" and stitched is not None
     assert "2 or 4" in app.mix(_drawing(), None, "stitch", *styles[:3], None, 1, 1, 1, 1)[-1]
-    for g in app.model.tom.generators:  # a 4-step TOM draws near-white; darken its output so it draws
-        torch.nn.init.constant_(g.body[-1].bias, -1.0)
+    for k, g in enumerate(app.model.tom.generators):  # a 4-step TOM draws near-white: darken each snapshot's
+        torch.nn.init.constant_(g.body[-1].bias, -1.0 - k)  # output so that it draws, each its own grey
     sketch, out, msg = app.transfer(styles[0], None, 0, 0)
     assert msg == "" and sketch.size == out.size == (app.model.size, app.model.size)
-    assert app.transfer(styles[0], None, 0, 99)[-1] == ""  # snapshot clamped to the last one
+    last = len(app.model.tom.names) - 1
+    clamped, by_last, first = (app.transfer(styles[0], None, 0, k)[0] for k in (99, last, 0))
+    assert np.array_equal(np.asarray(clamped), np.asarray(by_last))  # snapshot 99 is clamped to the last one
+    assert not np.array_equal(np.asarray(by_last), np.asarray(first))  # ... which draws otherwise than the first
     assert "photo" in app.transfer(None, styles[1], None, 0)[-1]
 
 

@@ -157,6 +157,21 @@ def test_generate_bad_input(case, needle, model_dir, tmp_path, image_dir, capsys
     assert not out.exists()
 
 
+def test_the_auto_encoder_only_path_paints_in_the_style_it_was_given(model_dir, tmp_path, image_dir):
+    """--no-refine (and refine=False) must use the style asked for: the fixture's AE depends on it."""
+    model = Sketch2Image.from_pretrained(model_dir)
+    sk = sketch_png(tmp_path / "s.png")
+    a, b = sorted(image_dir.glob("*.png"))[:2]
+    ae_a, ae_b = (model.generate(sk, style, refine=False) for style in (a, b))
+    assert (ae_a - ae_b).abs().max() > 0.05
+    out = tmp_path / "out.png"
+    args = ["generate", "--model", str(model_dir), "--sketch", str(sk), "--style", str(b), "--out", str(out)]
+    assert main([*args, "--no-refine"]) == 0
+    got = torch.from_numpy(np.asarray(Image.open(out).convert("RGB"))).permute(2, 0, 1).float() / 255
+    assert got.shape == ae_b[0].shape
+    assert (got - ae_b[0]).abs().max() <= 1 / 255 and (got - ae_a[0]).abs().max() > 0.05
+
+
 def test_generate_folders_cross_and_paired(model_dir, tmp_path, image_dir):
     sk_dir = tmp_path / "user_sketches"
     sk_dir.mkdir()
