@@ -17,6 +17,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from dist_stages import STEPS, tiny_ae_config
+from helpers import assert_same_training_state
 from PIL import Image
 from safetensors.torch import load_file
 from test_distributed import REL, TESTS, torchrun
@@ -118,6 +119,7 @@ def test_a_resumed_run_continues_the_same_stream(tmp_path, paired_manifest):
     a = SketchAutoEncoder.from_pretrained(tmp_path / "cut").state_dict()
     b = SketchAutoEncoder.from_pretrained(tmp_path / "whole").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # same batches, augmentation, classifier rounds
+    assert_same_training_state(tmp_path / "cut", tmp_path / "whole")  # Adam moments, heads, RNG, generators too
     logs = [
         [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
         for run in ("cut", "whole")
