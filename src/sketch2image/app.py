@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from sketch2image.errors import InputError, S2IError
+from sketch2image.options import MIX_MODES
 from sketch2image.storage import folder_kind
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an offline tool
@@ -245,7 +246,7 @@ def build(app: App):
                     with gr.Column(min_width=120):
                         ups.append(gr.File(label=f"style {i + 1}", type="filepath"))
                         ws.append(gr.Slider(0, 1, value=1.0, step=0.05, label=f"weight {i + 1}"))
-            mode = gr.Radio(["stitch", "vector"], value="stitch", label="mode")
+            mode = gr.Radio(list(MIX_MODES), value=MIX_MODES[0], label="mode")
             mgo = gr.Button("Mix", variant="primary")
             mmsg = gr.Markdown(elem_id="s2i-mix-message")
             mout = result("mixed", "s2i-out-mix")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sketch2image import __version__
 from sketch2image.errors import S2IError
+from sketch2image.options import DEFAULT_METRICS, FITS, MIX_MODES, STROKES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,6 +132,20 @@ def _out_is_file(out: str) -> bool:
     return Path(out).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
+def _writer(out: str, n: int, what: str = "outputs"):
+    """``write(images, name)`` for a batch command's ``n`` outputs: ``out`` itself when it names one image file,
+    else ``out/<name>.png``; a file name for several outputs is refused before anything is computed."""
+    from sketch2image.errors import InputError
+
+    if n > 1 and _out_is_file(out):
+        raise InputError(f"{out}: {n} {what} need a folder, not a file name")
+
+    def write(images, name: str) -> None:
+        _save_images(images, [Path(out) if _out_is_file(out) else Path(out) / f"{name}.png"])
+
+    return write
+
+
 def _summary(written: int, out: str, skipped: list[str], total: int) -> int:
     """The last line of a batch job, and its exit code: 1 when inputs were skipped (so scripts notice)."""
     if skipped:
@@ -159,19 +174,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             for a, sa in enumerate(sketch_ids)
             for b, sb in enumerate(style_ids)
         ]
-    if len(pairs) > 1 and _out_is_file(args.out):
-        raise InputError(f"{args.out}: {len(pairs)} outputs need a folder, not a file name")
+    write = _writer(args.out, len(pairs))
     # Every input is normalised before anything is written: a single bad file stops the run with no
     # output; in a folder, a bad file is skipped (one line each) and the rest are written.
     sk_t, shapes = model.prepare_inputs(sketches, "sketch", "raise" if len(sketches) == 1 else "skip", args.stroke)
     st_t, _ = model.prepare_inputs(styles, "style", "raise" if len(styles) == 1 else "skip")
     skipped = [str(f) for f, t in [*zip(sketches, sk_t, strict=True), *zip(styles, st_t, strict=True)] if t is None]
-    single = len(pairs) == 1 and _out_is_file(args.out)
     written = 0
     made = model.generate_pairs(sk_t, st_t, [(a, b) for a, b, _ in pairs], shapes=shapes, fit=args.fit,
                                 refine=not args.no_refine, seed=args.seed, batch_size=args.batch_size)  # fmt: skip
     for i, image in made:
-        _save_images([image], [Path(args.out) if single else Path(args.out) / f"{pairs[i][2]}.png"])
+        write([image], pairs[i][2])
         written += 1
     if not written:
         raise InputError(f"{args.sketch} / {args.style}: none of the inputs could be used (see the warnings above)")
@@ -184,8 +197,7 @@ def _cmd_mix(args: argparse.Namespace) -> int:
 
     model = Sketch2Image.from_pretrained(args.model, args.device, noise=args.noise)
     sketches, ids = _inputs(args.sketch)
-    if len(sketches) > 1 and _out_is_file(args.out):
-        raise InputError(f"{args.out}: {len(sketches)} outputs need a folder, not a file name")
+    write = _writer(args.out, len(sketches))
     styles = model.prepare_styles([Path(s) for s in args.styles])  # every style is needed for the mixture
     skipped, written = [], 0
     for path, sid in zip(sketches, ids, strict=True):
@@ -198,7 +210,7 @@ def _cmd_mix(args: argparse.Namespace) -> int:
             logging.getLogger("sketch2image").warning("skipped %s", e)
             skipped.append(str(path))
             continue
-        _save_images(out, [Path(args.out) if _out_is_file(args.out) else Path(args.out) / f"{sid}.png"])
+        write(out, sid)
         written += 1
     if not written:
         raise InputError(f"{args.sketch}: none of the sketches could be used (see the warnings above)")
@@ -211,8 +223,8 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
 
     model = Sketch2Image.from_pretrained(args.model, args.device, noise=args.noise)
     contents, ids = _inputs(args.content)
-    if len(contents) > 1 and (_out_is_file(args.out) or (args.sketch_out and _out_is_file(args.sketch_out))):
-        raise InputError(f"{len(contents)} content images need folders for --out and --sketch-out")
+    write = _writer(args.out, len(contents), "content images' outputs")
+    write_sketch = _writer(args.sketch_out, len(contents), "content images' sketches") if args.sketch_out else None
     errors = "raise" if len(contents) == 1 else "skip"
     images, sketches = model.transfer(contents, Path(args.style), snapshot=args.snapshot, refine=not args.no_refine,
                                       errors=errors, seed=args.seed)  # fmt: skip
@@ -222,10 +234,9 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
     for img, sk, sid in zip(images, sketches, ids, strict=True):
         if img is None:
             continue
-        _save_images([img], [Path(args.out) if _out_is_file(args.out) else Path(args.out) / f"{sid}.png"])
-        if args.sketch_out:
-            sk_path = Path(args.sketch_out) if _out_is_file(args.sketch_out) else Path(args.sketch_out) / f"{sid}.png"
-            _save_images([sk.expand(3, -1, -1)], [sk_path])
+        write([img], sid)
+        if write_sketch is not None:
+            write_sketch([sk.expand(3, -1, -1)], sid)
     return _summary(len(contents) - len(skipped), args.out, skipped, len(contents))
 
 
@@ -242,7 +253,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from sketch2image.errors import InputError
     from sketch2image.metrics.evaluate import HeldOutPairs, evaluate, held_out_dirs
-    from sketch2image.metrics.registry import DEFAULT_METRICS, parse_metrics
+    from sketch2image.metrics.registry import parse_metrics
     from sketch2image.metrics.report import report_markdown, write_report
     from sketch2image.pipeline import Sketch2Image
     from sketch2image.sketcher import TOMSketcher
@@ -325,12 +336,7 @@ def _workers(value: int | None) -> int:
 NOISE_HELP = "refiner noise scale (0: none, the default; 1: as trained)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="s2i", description="Self-supervised sketch-to-image synthesis.")
-    p.add_argument("--version", action="version", version=f"sketch2image {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    jobs = p.add_subparsers(dest="job", required=True, parser_class=_Parser)
-
+def _data_commands(jobs) -> None:
     data = jobs.add_parser("data", help="built-in datasets").add_subparsers(dest="what", required=True)
     om = data.add_parser("openmoji", help="render OpenMoji colour images + their line art")
     om.add_argument("--out", required=True, help="output folder")
@@ -348,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     wv.add_argument("--out", required=True, help="a .safetensors file")
     wv.set_defaults(func=_cmd_weights_vgg)
 
+
+def _training_commands(jobs) -> None:
+    """tom train/sketch, ae train/recon, gan train."""
     tom = jobs.add_parser("tom", help="stage 1: sketch synthesis").add_subparsers(dest="what", required=True)
     tr = tom.add_parser("train", help="train TOM on an image folder and a few real sketches")
     tr.add_argument("--images", required=True, help="folder of RGB images (recursive)")
@@ -393,47 +402,45 @@ def build_parser() -> argparse.ArgumentParser:
     _training_args(gt, "GANConfig", "--set w_rec=10")
     gt.set_defaults(func=_cmd_gan_train)
 
-    def model_args(sp: argparse.ArgumentParser, sketches: bool = True) -> None:
-        sp.add_argument("--model", required=True, help="model folder from `s2i export`")
-        sp.add_argument("--no-refine", action="store_true", help="return the auto-encoder output, skip the refiner")
-        sp.add_argument("--device", default="auto", help=DEVICE_HELP)
-        sp.add_argument("--seed", type=int, default=0, help="the refiner's noise: output i uses seed + i")
-        sp.add_argument("--noise", type=float, default=0.0, help=NOISE_HELP)
-        if sketches:
-            sp.add_argument(
-                "--stroke",
-                choices=["auto", "none"],
-                default="auto",
-                help="auto: normalise the lines to the model's training line weight; none: as drawn",
-            )
-            sp.add_argument("--fit", choices=["crop", "square", "original"], default="crop",
-                            help="crop the output to the sketch's aspect ratio (default), keep the model's square, "
-                            "or also resize to the sketch's own size (LANCZOS)")  # fmt: skip
 
+def _model_args(sp: argparse.ArgumentParser, sketches: bool = True) -> None:
+    """Options of every command that runs an exported model."""
+    sp.add_argument("--model", required=True, help="model folder from `s2i export`")
+    sp.add_argument("--no-refine", action="store_true", help="return the auto-encoder output, skip the refiner")
+    sp.add_argument("--device", default="auto", help=DEVICE_HELP)
+    sp.add_argument("--seed", type=int, default=0, help="the refiner's noise: output i uses seed + i")
+    sp.add_argument("--noise", type=float, default=0.0, help=NOISE_HELP)
+    if sketches:
+        sp.add_argument("--stroke", choices=STROKES, default=STROKES[0],
+                        help="auto: normalise the lines to the model's line weight; none: as drawn")  # fmt: skip
+        sp.add_argument("--fit", choices=FITS, default=FITS[0],
+                        help="crop the output to the sketch's aspect ratio (default), keep the model's square, "
+                        "or also resize to the sketch's own size (LANCZOS)")  # fmt: skip
+
+
+def _use_commands(jobs) -> None:
+    """generate, mix, transfer: a model applied to files or folders."""
     ge = jobs.add_parser("generate", help="paint sketch(es) in the style of image(s)")
-    model_args(ge)
+    _model_args(ge)
     ge.add_argument("--sketch", required=True, help="a sketch file or a folder of sketches")
     ge.add_argument("--style", required=True, help="a style image or a folder of them")
     ge.add_argument("--out", required=True, help="an image file (one output) or a folder")
-    ge.add_argument(
-        "--pair-by-name",
-        action="store_true",
-        help="folders: pair files with the same name instead of every sketch x every style",
-    )
+    ge.add_argument("--pair-by-name", action="store_true",
+                    help="folders: pair files with the same name instead of every sketch x every style")  # fmt: skip
     ge.add_argument("--batch-size", type=int, default=8)
     ge.set_defaults(func=_cmd_generate)
 
     mx = jobs.add_parser("mix", help="a sketch (or a folder of them) in a mixture of 2-4 styles")
-    model_args(mx)
+    _model_args(mx)
     mx.add_argument("--sketch", required=True, help="a sketch file or a folder of sketches")
     mx.add_argument("--styles", required=True, nargs="+")
     mx.add_argument("--weights", type=float, nargs="+", help="vector mode: one weight per style")
-    mx.add_argument("--mode", choices=["stitch", "vector"], default="stitch")
+    mx.add_argument("--mode", choices=MIX_MODES, default=MIX_MODES[0])
     mx.add_argument("--out", required=True)
     mx.set_defaults(func=_cmd_mix)
 
     tf = jobs.add_parser("transfer", help="style transfer: content image -> TOM sketch -> painted in a style")
-    model_args(tf, sketches=False)
+    _model_args(tf, sketches=False)
     tf.add_argument("--content", required=True, help="an image file or a folder of them")
     tf.add_argument("--style", required=True)
     tf.add_argument("--out", required=True)
@@ -441,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--sketch-out", help="also save the intermediate sketch here")
     tf.set_defaults(func=_cmd_transfer)
 
+
+def _model_commands(jobs) -> None:
+    """export, eval, app, demo."""
     ex = jobs.add_parser("export", help="bundle TOM + AE + refiner runs into one shareable model folder")
     ex.add_argument("--ae", required=True, help="auto-encoder run folder")
     ex.add_argument("--gan", help="GAN run folder (its EMA refiner)")
@@ -452,12 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = jobs.add_parser("eval", help="FID/KID, SR, perceptual distance, PSNR/SSIM, Skt-Rec, Sty-Rec on held-out data")
     ev.add_argument("--model", required=True, help="model folder from `s2i export`, or an auto-encoder run folder")
-    ev.add_argument(
-        "--data", help="data folder with a held-out split (images/test + lines/test, or images/ + sketches/)"
-    )
+    ev.add_argument("--data", help="folder with a held-out split (images/test + lines/test, or images/ + sketches/)")
     ev.add_argument("--images", help="held-out images (instead of --data)")
     ev.add_argument("--sketches", help="their sketches, same relative file names (instead of --data)")
-    ev.add_argument("--metrics", help="comma-separated names, or 'all' (default: every metric but lpips)")
+    ev.add_argument("--metrics", help=f"comma-separated names, or 'all' (default: {','.join(DEFAULT_METRICS)})")
     ev.add_argument("--tom", help="TOM run folder for skt_rec and content_leak when the model folder has none")
     ev.add_argument("--bootstrap", type=int, default=0,
                     help="resamples of the held-out set: adds FID's and KID's spread (bootstrap_std)")  # fmt: skip
@@ -486,6 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fast", action="store_true", help="a ~2-minute smoke version")
     demo.add_argument("--size", type=int, default=None)
     demo.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="s2i", description="Self-supervised sketch-to-image synthesis.")
+    p.add_argument("--version", action="version", version=f"sketch2image {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    jobs = p.add_subparsers(dest="job", required=True, parser_class=_Parser)
+    for group in (_data_commands, _training_commands, _use_commands, _model_commands):
+        group(jobs)
     return p
 
 

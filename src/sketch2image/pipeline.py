@@ -27,6 +27,7 @@ from sketch2image.data.strokes import MODES, content_box, default_stroke_width, 
 from sketch2image.errors import CheckpointError, InputError
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import Refiner
+from sketch2image.options import FITS, MIX_MODES
 from sketch2image.sketcher import TOMSketcher
 from sketch2image.storage import (
     PIPELINE_FILE,
@@ -40,7 +41,6 @@ from sketch2image.storage import (
 )
 
 ERRORS = ("raise", "skip")
-FITS = ("crop", "square", "original")
 log = logging.getLogger("sketch2image")
 ImageLike = str | os.PathLike | Image.Image | torch.Tensor
 
@@ -396,7 +396,7 @@ class Sketch2Image:
                 raise InputError(f"weights must be {len(st)} non-negative numbers with a positive sum")
             f = (self.style_vectors(st) * (w / w.sum()).to(self.device)[:, None]).sum(0, keepdim=True)
         else:
-            raise InputError(f"mix mode {mode!r} must be 'stitch' or 'vector'")
+            raise InputError(f"mix mode {mode!r} must be one of {MIX_MODES}")
         return self._finish(list(self.decode(s[None], f, refine, _seeds(seed, [0]), noise)), shapes, fit, "raise")
 
     def transfer(

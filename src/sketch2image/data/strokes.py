@@ -29,10 +29,11 @@ import torch
 from torch.nn import functional as F
 
 from sketch2image.errors import InputError
+from sketch2image.options import STROKES
 
 MIN_CONTRAST = 0.08  # a pixel must be at least this much darker than its page to be ink (20 of 255)
 BORDER = 0.04  # the band along the border that tells the page's colour, as a share of the side
-MODES = ("auto", "none")
+MODES = STROKES  # what ``stroke=`` accepts
 
 
 class BlankSketch(InputError):

@@ -15,6 +15,7 @@ import torch
 
 from sketch2image.errors import InputError, WeightsError
 from sketch2image.metrics import functional as M
+from sketch2image.options import DEFAULT_METRICS
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,7 @@ for _m in [
 ]:
     register(_m)
 
-DEFAULT_METRICS = ("fid", "kid", "sr", "sty_rec", "skt_rec", "style_follow", "content_leak", "style_sensitivity",
-                   "vgg_perceptual", "psnr", "ssim")  # fmt: skip
+assert set(DEFAULT_METRICS) <= set(REGISTRY), "options.DEFAULT_METRICS names an unregistered metric"
 
 
 def parse_metrics(text: str | list[str] | tuple[str, ...]) -> list[str]:
