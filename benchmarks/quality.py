@@ -39,7 +39,6 @@ from pathlib import Path
 import torch
 from common import setup
 
-from sketch2image import __version__
 from sketch2image.configs import AEConfig, GANConfig, TOMConfig, apply_overrides, to_dict
 from sketch2image.data.images import scan_images
 from sketch2image.data.openmoji import render_openmoji
@@ -53,6 +52,7 @@ from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.ae import train_ae
 from sketch2image.train.gan import train_gan
 from sketch2image.train.tom import train_tom
+from sketch2image.version import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -101,3 +101,14 @@ def test_find_cycle_finds_one():
 
 def test_no_import_cycles():
     assert find_cycle(import_graph()) is None
+
+
+def test_the_package_exports_the_model_without_loading_torch_on_import():
+    import subprocess
+    import sys
+
+    code = ("import sys, sketch2image; assert 'torch' not in sys.modules, 'import sketch2image loaded torch'; "
+            "from sketch2image import Sketch2Image; from sketch2image.pipeline import Sketch2Image as S; "
+            "assert Sketch2Image is S")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr

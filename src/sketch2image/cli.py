@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from sketch2image import __version__
 from sketch2image.errors import S2IError
 from sketch2image.options import DEFAULT_METRICS, FITS, MIX_MODES, STROKES
+from sketch2image.version import __version__
 
 
 class _Parser(argparse.ArgumentParser):

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sketch2image import __version__
 from sketch2image.data.images import as_rgb, open_rgb, resize_square, to_tensor
 from sketch2image.data.strokes import MODES, content_box, default_stroke_width, normalise_strokes
 from sketch2image.errors import CheckpointError, InputError
@@ -39,6 +38,7 @@ from sketch2image.storage import (
     read_json,
     run_of,
 )
+from sketch2image.version import __version__
 
 ERRORS = ("raise", "skip")
 log = logging.getLogger("sketch2image")

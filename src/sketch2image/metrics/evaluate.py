@@ -29,7 +29,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from sketch2image import __version__
 from sketch2image.data.images import ImageFolder, load_uint8, to_grey
 from sketch2image.errors import InputError
 from sketch2image.metrics import functional as M
@@ -38,6 +37,7 @@ from sketch2image.metrics.registry import DEFAULT_METRICS, REGISTRY, load_lpips,
 from sketch2image.metrics.report import REPORT_FORMAT, machine_description
 from sketch2image.parallel import gather
 from sketch2image.parallel import world as parallel_world
+from sketch2image.version import __version__
 
 
 @lru_cache(maxsize=2)
