@@ -8,7 +8,8 @@ from helpers import assert_same_training_state
 from sketch2image.configs import AEConfig, GANConfig
 from sketch2image.errors import CheckpointError
 from sketch2image.nets.autoencoder import SketchAutoEncoder
-from sketch2image.nets.refiner import NoiseInjection, PatchDiscriminator, Refiner, ema_decay_at, ema_update
+from sketch2image.nets.refiner import NoiseInjection, PatchDiscriminator, Refiner
+from sketch2image.train.ema import ema_decay_at, ema_update
 from sketch2image.train.gan import GANTrainer, train_gan
 
 

@@ -14,8 +14,8 @@ from sketch2image.data.paired import PairedData
 from sketch2image.errors import S2IError
 from sketch2image.losses import refiner_rec, uniform_kl, uniform_prediction_loss
 from sketch2image.nets.blocks import DualMaskInjection
-from sketch2image.nets.refiner import ema_decay_at, ema_update
 from sketch2image.train.ae import AETrainer
+from sketch2image.train.ema import ema_decay_at, ema_update
 
 
 def _tiny_ae(**kw) -> AEConfig:

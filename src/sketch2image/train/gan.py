@@ -22,7 +22,7 @@ from sketch2image.data.paired import PairedData, PairedFiles, as_float, pairs_at
 from sketch2image.figures import save_grid
 from sketch2image.losses import d_loss, g_adv_loss, refiner_rec
 from sketch2image.nets.autoencoder import SketchAutoEncoder
-from sketch2image.nets.refiner import PatchDiscriminator, Refiner, ema_decay_at, ema_update
+from sketch2image.nets.refiner import PatchDiscriminator, Refiner
 from sketch2image.storage import atomic_write_json
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.common import (
@@ -35,6 +35,7 @@ from sketch2image.train.common import (
     speed_up,
 )
 from sketch2image.train.distributed import check_shared, load_pairs, local_rows, rank_seed
+from sketch2image.train.ema import ema_decay_at, ema_update
 from sketch2image.train.feed import Feed, StepPlan, states, workers_for
 from sketch2image.train.guard import FiniteGuard
 from sketch2image.train.memory import MEMORY_ADVICE, check_memory, estimate
