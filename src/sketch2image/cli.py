@@ -140,8 +140,10 @@ def _writer(out: str, n: int, what: str = "outputs"):
     if n > 1 and _out_is_file(out):
         raise InputError(f"{out}: {n} {what} need a folder, not a file name")
 
+    single = _out_is_file(out)
+
     def write(images, name: str) -> None:
-        _save_images(images, [Path(out) if _out_is_file(out) else Path(out) / f"{name}.png"])
+        _save_images(images, [Path(out) if single else Path(out) / f"{name}.png"])
 
     return write
 
