@@ -22,7 +22,9 @@ a sha256 of the training and held-out pixels: an interrupted run continues, and 
 adds variants or seeds to the same table only if it trains on the same data (regenerated with the
 same ``quality.py`` command, or a different fingerprint and every variant reruns). Within a row, the
 trainer's state is saved at every evaluation (``--work``, default runs/ablation_work/): a row that was
-cut off goes on from its last evaluation when the same command runs again (same settings only).
+cut off goes on from its last evaluation when the same command runs again, and a finished row's last
+state is kept, so a longer ``--steps`` (all else equal) extends it instead of starting over: the
+training has no schedule tied to the budget, so steps 1..N of a longer run are those of the shorter one.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import argparse
 import copy
 import hashlib
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -110,6 +111,10 @@ def work_dir(args, name: str, seed: int) -> Path:
     return Path(args.work) / f"{args.name}__{name}__s{seed}"
 
 
+def _but_budget(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "steps"}
+
+
 def resume(trainer: AETrainer, work: Path, settings: dict) -> tuple[list[dict], float, int]:
     """(curve, training seconds, next step) of an interrupted row: the trainer's state at its last evaluation,
     if one was saved under the same settings; else a fresh start."""
@@ -118,7 +123,8 @@ def resume(trainer: AETrainer, work: Path, settings: dict) -> tuple[list[dict], 
         return [], 0.0, 1
     saved = json.loads(progress.read_text())
     path = work / "checkpoints" / f"step_{saved['step']:07d}"
-    if saved.get("settings") != settings or not (path / "meta.json").is_file():
+    same = _but_budget(saved.get("settings", {})) == _but_budget(settings)
+    if not same or saved["step"] >= settings["steps"] or not (path / "meta.json").is_file():
         return [], 0.0, 1
     trainer.load_state(*load_checkpoint(path), str(path))
     print(f"  resumed at step {saved['step']} from {path}", flush=True)
@@ -158,10 +164,10 @@ def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, tor
             print(f"  {name} step {step}: FID {row['fid']:.2f}, perceptual {row['vgg_perceptual']:.4f}, "
                   f"follow {row['style_follow']:.4f}, sensitivity {row['style_sensitivity']:.4f}, "
                   f"leak {row.get('content_leak', float('nan')):.4f}", flush=True)  # fmt: skip
-            if step < cfg.steps:  # the checkpoint first: progress.json names only a complete one
-                save_checkpoint(work, step, *trainer.state(), keep=2)
-                atomic_write_json(work / "progress.json",
-                                  {"settings": settings, "step": step, "curve": curve, "train_s": t_train})  # fmt: skip
+            # The checkpoint first: progress.json names only a complete one. The last one stays for a longer budget.
+            save_checkpoint(work, step, *trainer.state(), keep=2)
+            atomic_write_json(work / "progress.json",
+                              {"settings": settings, "step": step, "curve": curve, "train_s": t_train})  # fmt: skip
     trainer.feed.close()
     return {
         "variant": name,
@@ -250,7 +256,7 @@ def main() -> None:
     ap.add_argument("--name", default="ablation", help="results/<name>.{json,md,png}")
     ap.add_argument("--arch", choices=["lean", "classic"], default="lean", help="AE layout (recorded: classic)")
     ap.add_argument("--fresh", action="store_true", help="ignore stored variant results and interrupted rows")
-    ap.add_argument("--work", default="runs/ablation_work", help="interrupted rows' trainer states (resumed)")
+    ap.add_argument("--work", default="runs/ablation_work", help="rows' trainer states (resumed, extended)")
     ap.add_argument("--tom", help="TOM run folder (quality.py's W/tom): Skt-Rec and content leak need it")
     args = ap.parse_args()
     args.tom_model = TOMSketcher.from_pretrained(args.tom) if args.tom else None
@@ -289,7 +295,6 @@ def main() -> None:
             print(f"{name} seed {seed}: {VARIANTS[name][2]}", flush=True)
             res = run_variant(name, args, data, (x, s), seed, settings)
             part.write_text(json.dumps({"settings": settings, "result": res}, indent=2) + "\n")
-            shutil.rmtree(work_dir(args, name, seed), ignore_errors=True)  # the row is stored: its states go
             results.append(res)
     out = Path(__file__).parent / "results"
     command = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python " + " ".join(sys.argv)
