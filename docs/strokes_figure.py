@@ -22,8 +22,10 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_strokes import DRAWINGS  # noqa: E402  (the suite's own synthetic drawings)
 
+from sketch2image.data.images import open_rgb  # noqa: E402
 from sketch2image.errors import InputError  # noqa: E402
-from sketch2image.pipeline import Sketch2Image, open_rgb, sketch_grey  # noqa: E402
+from sketch2image.pipeline import Sketch2Image  # noqa: E402
+from sketch2image.processing import sketch_grey  # noqa: E402
 from sketch2image.train.common import save_grid  # noqa: E402
 
 CELL = 96
@@ -56,10 +58,10 @@ def main() -> None:
         drawing = make()
         rows[0].append(square(torch.from_numpy(sketch_grey(drawing))[None]))
         try:
-            rows[1].append(square(model.prepare_sketch(drawing, name, "none")))
+            rows[1].append(square(model.processor.sketch(drawing, name, "none")))
         except InputError:
             rows[1].append(refused)
-        rows[2].append(square(model.prepare_sketch(drawing, name, "auto")))
+        rows[2].append(square(model.processor.sketch(drawing, name, "auto")))
         out = model.generate(drawing, style, fit="crop")[0]
         rows[3].append(square(out))
     save_grid(Path(args.out), [torch.stack(r) for r in rows])

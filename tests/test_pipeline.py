@@ -8,7 +8,8 @@ from PIL import Image, ImageDraw
 
 from sketch2image.cli import main
 from sketch2image.errors import CheckpointError, InputError
-from sketch2image.pipeline import Sketch2Image, normalize_sketch, stitch
+from sketch2image.pipeline import Sketch2Image
+from sketch2image.processing import normalize_sketch, stitch
 
 # --- sketch normalisation ----------------------------------------------------------------------
 
@@ -48,19 +49,19 @@ def test_generate_mix_transfer(model_dir, tmp_path, image_dir):
     model = Sketch2Image.from_pretrained(model_dir)
     sk = sketch_png(tmp_path / "s.png", size=(50, 30))
     styles = sorted(image_dir.glob("*.png"))[:2]
-    one = model.generate(sk, styles[0])
+    one = model.generate(sk, styles[0]).stack()
     assert one.shape == (1, 3, 19, 32) and 0 <= one.min() and one.max() <= 1  # 50x30 sketch: cropped to 5:3
-    square = model.generate(sk, styles[0], fit="square")
+    square = model.generate(sk, styles[0], fit="square").stack()
     assert square.shape == (1, 3, 32, 32) and torch.equal(square[:, :, 6:25], one)  # the crop is the content box
-    assert model.generate(sk, styles[0], fit="original").shape == (1, 3, 30, 50)  # the sketch's own size
-    assert model.generate([sk, sk], styles).shape == (2, 3, 19, 32)
-    assert model.generate(sk, styles).shape == (2, 3, 19, 32)  # one sketch broadcast over styles
-    ae_only = model.generate(sk, styles[0], refine=False)
+    assert model.generate(sk, styles[0], fit="original").stack().shape == (1, 3, 30, 50)  # the sketch's own size
+    assert model.generate([sk, sk], styles).stack().shape == (2, 3, 19, 32)
+    assert model.generate(sk, styles).stack().shape == (2, 3, 19, 32)  # one sketch broadcast over styles
+    ae_only = model.generate(sk, styles[0], refine=False).stack()
     assert not torch.allclose(ae_only, one)
     # vector mixing with all weight on one style equals that style
-    assert torch.allclose(model.mix(sk, styles, [1.0, 0.0], "vector"), one, atol=1e-5)
-    assert torch.allclose(model.mix(sk, [styles[0], styles[0]], mode="stitch"), one, atol=1e-5)
-    assert not torch.allclose(model.mix(sk, styles, [0.0, 1.0], "vector"), one)
+    assert torch.allclose(model.mix(sk, styles, [1.0, 0.0], "vector").stack(), one, atol=1e-5)
+    assert torch.allclose(model.mix(sk, [styles[0], styles[0]], mode="stitch").stack(), one, atol=1e-5)
+    assert not torch.allclose(model.mix(sk, styles, [0.0, 1.0], "vector").stack(), one)
     with pytest.raises(InputError, match="weights"):
         model.mix(sk, styles, [1.0], "vector")
     last = model.tom.generators[0].body[-1]  # a 4-step TOM draws near-white; steer its output bias
@@ -70,9 +71,10 @@ def test_generate_mix_transfer(model_dir, tmp_path, image_dir):
         model.transfer(styles[0], styles[1])
     with torch.no_grad():
         last.bias.fill_(-1.0)
-    out, sketches = model.transfer(styles[0], styles[1])
+    done = model.transfer(styles[0], styles[1])
+    out, sketches = done.stack(), torch.stack(done.sketches)
     assert out.shape == (1, 3, 32, 32) and sketches.shape == (1, 1, 32, 32)
-    expected = model.decode(sketches, model.style_vectors(model.prepare_styles([styles[1]])), True)
+    expected = model.decode(sketches, model.style_vectors(torch.stack(model.processor.styles([styles[1]]))), True)
     assert torch.allclose(out, expected, atol=1e-5)
     card = (model_dir / "README.md").read_text()
     assert "tiny shapes" in card and "3 TOM snapshots" in card
@@ -162,7 +164,7 @@ def test_the_auto_encoder_only_path_paints_in_the_style_it_was_given(model_dir, 
     model = Sketch2Image.from_pretrained(model_dir)
     sk = sketch_png(tmp_path / "s.png")
     a, b = sorted(image_dir.glob("*.png"))[:2]
-    ae_a, ae_b = (model.generate(sk, style, refine=False) for style in (a, b))
+    ae_a, ae_b = (model.generate(sk, style, refine=False).stack() for style in (a, b))
     assert (ae_a - ae_b).abs().max() > 0.05
     out = tmp_path / "out.png"
     args = ["generate", "--model", str(model_dir), "--sketch", str(sk), "--style", str(b), "--out", str(out)]
@@ -221,9 +223,9 @@ def test_generate_pairs_batches_without_changing_the_pictures(model_dir, tmp_pat
     model = Sketch2Image.from_pretrained(model_dir, noise=1.0)  # noise on: the per-output seeds must hold
     for n in model.refiner.noise:
         n.strength.data.fill_(0.5)  # a refiner that has learnt some noise
-    sketches, shapes = model.prepare_inputs([sketch_png(tmp_path / "a.png"), sketch_png(tmp_path / "b.png", (60, 30))],
-                                            "sketch")  # fmt: skip
-    styles, _ = model.prepare_inputs([torch.rand(3, 40, 40), torch.rand(3, 40, 40)], "style")
+    drawn = [sketch_png(tmp_path / "a.png"), sketch_png(tmp_path / "b.png", (60, 30))]
+    sketches, shapes = model.processor.sketches(drawn)
+    styles = model.processor.styles([torch.rand(3, 40, 40), torch.rand(3, 40, 40)])
     styles.append(None)  # a style that could not be read
     pairs = [(a, b) for a in range(2) for b in range(3)]
     one = dict(model.generate_pairs(sketches, styles, pairs, shapes=shapes, batch_size=1))

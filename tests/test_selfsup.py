@@ -197,17 +197,18 @@ def test_refined_outputs_are_seeded(model_dir, tmp_path):
     sk = sketch_png(tmp_path / "s.png")
     style = torch.rand(3, 40, 40)
     # by default the noise is off: the seed changes nothing, and the picture is the noise-free refiner's
-    quiet = model.generate(sk, style)
-    assert torch.equal(quiet, model.generate(sk, style, seed=7)) and torch.equal(
-        quiet, model.generate(sk, style, seed=None)
+    quiet = model.generate(sk, style).stack()
+    assert torch.equal(quiet, model.generate(sk, style, seed=7).stack()) and torch.equal(
+        quiet, model.generate(sk, style, seed=None).stack()
     )
-    assert (quiet - model.generate(sk, style, noise=1.0)).abs().max() > 1e-2
+    assert (quiet - model.generate(sk, style, noise=1.0).stack()).abs().max() > 1e-2
     model.noise = 1.0  # as in training
-    a, b = model.generate(sk, style), model.generate(sk, style)
+    a, b = model.generate(sk, style).stack(), model.generate(sk, style).stack()
     assert torch.equal(a, b)  # deterministic by default
-    assert (a - model.generate(sk, style, seed=1)).abs().max() > 1e-2  # another seed, another picture
-    assert (model.generate(sk, style, seed=None) - model.generate(sk, style, seed=None)).abs().max() > 1e-2
+    assert (a - model.generate(sk, style, seed=1).stack()).abs().max() > 1e-2  # another seed, another picture
+    unseeded = [model.generate(sk, style, seed=None).stack() for _ in range(2)]
+    assert (unseeded[0] - unseeded[1]).abs().max() > 1e-2
     pair = model.generate([sk, sk], style)  # output i uses seed + i, whatever the batch (up to float rounding)
     torch.testing.assert_close(pair[0], a[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pair[1], model.generate(sk, style, seed=1)[0], atol=1e-5, rtol=1e-5)
-    assert torch.equal(model.mix(sk, [style, style]), model.mix(sk, [style, style]))
+    assert torch.equal(model.mix(sk, [style, style]).stack(), model.mix(sk, [style, style]).stack())

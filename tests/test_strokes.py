@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 from sketch2image.cli import main
 from sketch2image.data.strokes import BlankSketch, default_stroke_width, normalise_strokes, stroke_width
 from sketch2image.errors import InputError
-from sketch2image.pipeline import Sketch2Image, normalize_sketch, sketch_grey
+from sketch2image.pipeline import Sketch2Image
+from sketch2image.processing import normalize_sketch, sketch_grey
 
 
 def _half_ink() -> Image.Image:
@@ -110,12 +111,14 @@ def test_outputs_keep_the_sketch_shape(model_dir):
     model = Sketch2Image.from_pretrained(model_dir)
     wide = car_drawing(128, 2, 0, aspect=3.0)  # 384 x 128
     style = Image.new("RGB", (40, 40), (200, 40, 40))
-    assert model.generate(wide, style).shape == (1, 3, 11, 32)  # 3:1 at the model's 32 px
-    assert model.generate(wide, style, fit="original").shape == (1, 3, 128, 384)
-    assert model.generate(wide, style, fit="square").shape == (1, 3, 32, 32)
-    mixed = model.generate([wide, car_drawing(64, 2, 0)], style)  # different aspects: a list
+    assert model.generate(wide, style).stack().shape == (1, 3, 11, 32)  # 3:1 at the model's 32 px
+    assert model.generate(wide, style, fit="original").stack().shape == (1, 3, 128, 384)
+    assert model.generate(wide, style, fit="square").stack().shape == (1, 3, 32, 32)
+    mixed = model.generate([wide, car_drawing(64, 2, 0)], style)  # different aspects: one image each
     assert [tuple(t.shape) for t in mixed] == [(3, 11, 32), (3, 32, 32)]
-    assert model.mix(wide, [style, style], fit="crop").shape == (1, 3, 11, 32)
+    with pytest.raises(ValueError, match="differ in shape"):
+        mixed.stack()
+    assert model.mix(wide, [style, style], fit="crop").stack().shape == (1, 3, 11, 32)
 
 
 def test_export_records_the_training_stroke_width(tmp_path, paired_manifest, image_dir, sketch_dir):
@@ -141,8 +144,11 @@ def test_errors_skip_in_the_python_api(model_dir, tmp_path):
     with pytest.raises(InputError, match="blank.png: the sketch is blank"):
         model.generate([good, blank], style)
     out = model.generate([good, blank, good], style, errors="skip")
-    assert isinstance(out, list) and out[1] is None and out[0].shape == out[2].shape == (3, 32, 32)
-    assert torch.equal(out[0], out[2])
+    assert len(out) == 3 and out[1] is None and out[0].shape == out[2].shape == (3, 32, 32)
+    assert torch.equal(out[0], out[2]) and out.sketches[1] is None and out.sketches[0].shape == (1, 32, 32)
+    assert out.pil()[1] is None and out.pil()[0].size == (32, 32)
+    with pytest.raises(ValueError, match="skipped"):
+        out.stack()
 
 
 # --- the CLI: folders skip, report and go on -----------------------------------------------------------
@@ -203,7 +209,8 @@ def test_mix_and_transfer_folders_skip_too(model_dir, tmp_path, capsys, image_di
     for p in sorted(image_dir.glob("*.png"))[:2]:
         (photos / p.name).write_bytes(p.read_bytes())
     (photos / "broken.png").write_bytes(b"\x89PNG not really")
-    images, sketches = model.transfer(sorted(photos.glob("*.png")), style[0], errors="skip")
+    done = model.transfer(sorted(photos.glob("*.png")), style[0], errors="skip")
+    images, sketches = done.images, done.sketches
     assert [i is None for i in images] == [True, False, False]  # broken.png sorts first
     assert sketches[0] is None and sketches[1].shape == (1, 32, 32)
     capsys.readouterr()
@@ -213,6 +220,24 @@ def test_mix_and_transfer_folders_skip_too(model_dir, tmp_path, capsys, image_di
     assert rc == 1 and "wrote 2 image(s)" in out and "skipped 1 of 3" in out and "broken.png" in out
     assert sorted(p.name for p in (tmp_path / "t").glob("*.png")) == ["img0.png", "img1.png"]
     assert len(list((tmp_path / "ts").glob("*.png"))) == 2
+    # A folder streams batch by batch; output i's noise still comes from seed + i, i over the whole folder.
+    rc = main(["transfer", "--model", str(model_dir), "--content", str(photos), "--style", style[0],
+               "--out", str(tmp_path / "t1"), "--batch-size", "1"])  # fmt: skip
+    assert rc == 1
+    for name in ("img0.png", "img1.png"):  # batched float maths differs by ~1e-6: at most one 8-bit level
+        assert (_pixels(tmp_path / "t1" / name) - _pixels(tmp_path / "t" / name)).abs().max() <= 1
+    with pytest.raises(SystemExit) as refused:
+        main(["transfer", "--model", str(model_dir), "--content", str(photos), "--style", style[0],
+              "--out", str(tmp_path / "t0"), "--batch-size", "0"])  # fmt: skip
+    assert refused.value.code == 2 and "must be a whole number >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "t0").exists()
+    for n in model.refiner.noise:
+        n.strength.data.fill_(0.5)
+    files = sorted(photos.glob("img*.png"))
+    whole = model.transfer(files, style[0], noise=1.0, seed=3)
+    tail = model.transfer(files[1:], style[0], noise=1.0, seed=4)
+    torch.testing.assert_close(whole[1], tail[0], atol=1e-5, rtol=1e-5)
+    assert (whole[1] - model.transfer(files[1:], style[0], noise=1.0, seed=3)[0]).abs().max() > 1e-2
 
 
 def test_a_single_bad_file_is_still_an_error(model_dir, tmp_path, capsys):
@@ -224,3 +249,7 @@ def test_a_single_bad_file_is_still_an_error(model_dir, tmp_path, capsys):
                "--out", str(tmp_path / "o.png")])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "blank" in err and not (tmp_path / "o.png").exists()
+
+
+def _pixels(path) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).int()

@@ -141,21 +141,18 @@ class App:
 
         ``noise`` scales the refiner's per-pixel noise (0: none), ``seed`` draws it: the same inputs,
         noise and seed give the same picture."""
-        from sketch2image.pipeline import to_pil
+        from sketch2image.processing import to_pil
 
         def work():
             sketch, style = self._sketch(drawn, sketch_upload), self._style(style_upload, selected)
-            seen = to_pil(self.model.prepare_sketch(sketch, "sketch", stroke).expand(3, -1, -1)[None])[0]
-            ae = to_pil(self.model.generate(sketch, style, refine=False, stroke=stroke))[0]
+            seen = to_pil(self.model.processor.sketch(sketch, "sketch", stroke).expand(3, -1, -1)[None])[0]
+            ae = self.model.generate(sketch, style, refine=False, stroke=stroke).pil()[0]
             refined = self.model.generate(sketch, style, stroke=stroke, seed=int(seed or 0), noise=float(noise or 0))
-            refined = to_pil(refined)[0] if self.model.refiner else ae
-            return ae, refined, seen
+            return ae, refined.pil()[0] if self.model.refiner else ae, seen
 
         return self._run(work, 3)
 
     def mix(self, drawn, sketch_upload, mode, *styles_and_weights):
-        from sketch2image.pipeline import to_pil
-
         def work():
             sketch = self._sketch(drawn, sketch_upload)
             uploads, weights = styles_and_weights[:4], styles_and_weights[4:]
@@ -165,12 +162,12 @@ class App:
             if mode == "stitch" and len(chosen) == 3:
                 raise InputError("stitching takes 2 or 4 style images (use vector mode for 3)")
             imgs, ws = [c[0] for c in chosen], [float(c[1]) for c in chosen]
-            return (to_pil(self.model.mix(sketch, imgs, ws if mode == "vector" else None, mode))[0],)
+            return (self.model.mix(sketch, imgs, ws if mode == "vector" else None, mode).pil()[0],)
 
         return self._run(work, 1)
 
     def transfer(self, content_upload, style_upload, selected, snapshot):
-        from sketch2image.pipeline import to_pil
+        from sketch2image.processing import to_pil
 
         def work():
             if self.model.tom is None:
@@ -179,8 +176,8 @@ class App:
             if content is None:
                 raise InputError("upload a photo to turn into a sketch")
             snap = min(int(snapshot), len(self.model.tom.names) - 1)
-            out, sketch = self.model.transfer(content, self._style(style_upload, selected), snapshot=snap)
-            return to_pil(sketch.expand(-1, 3, -1, -1))[0], to_pil(out)[0]
+            out = self.model.transfer(content, self._style(style_upload, selected), snapshot=snap)
+            return to_pil([out.sketches[0].expand(3, -1, -1)])[0], out.pil()[0]
 
         return self._run(work, 2)
 

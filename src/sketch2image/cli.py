@@ -107,7 +107,7 @@ def _cmd_gan_train(args: argparse.Namespace) -> None:
 
 def _save_images(images, paths: list[Path]) -> None:
     """Write every output atomically (temp name, then rename): an interrupted run leaves no half file."""
-    from sketch2image.pipeline import to_pil
+    from sketch2image.processing import to_pil
     from sketch2image.storage import save_image
 
     for img, path in zip(to_pil(images), paths, strict=True):
@@ -179,8 +179,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     write = _writer(args.out, len(pairs))
     # Every input is normalised before anything is written: a single bad file stops the run with no
     # output; in a folder, a bad file is skipped (one line each) and the rest are written.
-    sk_t, shapes = model.prepare_inputs(sketches, "sketch", "raise" if len(sketches) == 1 else "skip", args.stroke)
-    st_t, _ = model.prepare_inputs(styles, "style", "raise" if len(styles) == 1 else "skip")
+    sk_t, shapes = model.processor.sketches(sketches, "raise" if len(sketches) == 1 else "skip", args.stroke)
+    st_t = model.processor.styles(styles, "raise" if len(styles) == 1 else "skip")
     skipped = [str(f) for f, t in [*zip(sketches, sk_t, strict=True), *zip(styles, st_t, strict=True)] if t is None]
     written = 0
     made = model.generate_pairs(sk_t, st_t, [(a, b) for a, b, _ in pairs], shapes=shapes, fit=args.fit,
@@ -200,11 +200,11 @@ def _cmd_mix(args: argparse.Namespace) -> int:
     model = Sketch2Image.from_pretrained(args.model, args.device, noise=args.noise)
     sketches, ids = _inputs(args.sketch)
     write = _writer(args.out, len(sketches))
-    styles = model.prepare_styles([Path(s) for s in args.styles])  # every style is needed for the mixture
+    styles = model.processor.styles([Path(s) for s in args.styles])  # every style is needed for the mixture
     skipped, written = [], 0
     for path, sid in zip(sketches, ids, strict=True):
         try:
-            out = model.mix(path, list(styles), args.weights, args.mode, refine=not args.no_refine,
+            out = model.mix(path, styles, args.weights, args.mode, refine=not args.no_refine,
                             stroke=args.stroke, fit=args.fit, seed=args.seed)  # fmt: skip
         except InputError as e:
             if len(sketches) == 1:
@@ -212,7 +212,7 @@ def _cmd_mix(args: argparse.Namespace) -> int:
             logging.getLogger("sketch2image").warning("skipped %s", e)
             skipped.append(str(path))
             continue
-        write(out, sid)
+        write(out.images, sid)
         written += 1
     if not written:
         raise InputError(f"{args.sketch}: none of the sketches could be used (see the warnings above)")
@@ -228,17 +228,21 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
     write = _writer(args.out, len(contents), "content images' outputs")
     write_sketch = _writer(args.sketch_out, len(contents), "content images' sketches") if args.sketch_out else None
     errors = "raise" if len(contents) == 1 else "skip"
-    images, sketches = model.transfer(contents, Path(args.style), snapshot=args.snapshot, refine=not args.no_refine,
-                                      errors=errors, seed=args.seed)  # fmt: skip
-    skipped = [str(c) for c, img in zip(contents, images, strict=True) if img is None]
+    skipped = []
+    for start in range(0, len(contents), args.batch_size):  # a folder streams: batch by batch, written as done
+        part = contents[start : start + args.batch_size]
+        # The noise of output i comes from seed + i, i counted over the whole folder.
+        out = model.transfer(part, Path(args.style), snapshot=args.snapshot, refine=not args.no_refine,
+                             errors=errors, seed=args.seed + start)  # fmt: skip
+        for path, img, sk, sid in zip(part, out.images, out.sketches, ids[start:], strict=False):
+            if img is None:
+                skipped.append(str(path))
+                continue
+            write([img], sid)
+            if write_sketch is not None:
+                write_sketch([sk.expand(3, -1, -1)], sid)
     if len(skipped) == len(contents):
         raise InputError(f"{args.content}: none of the images could be used (see the warnings above)")
-    for img, sk, sid in zip(images, sketches, ids, strict=True):
-        if img is None:
-            continue
-        write([img], sid)
-        if write_sketch is not None:
-            write_sketch([sk.expand(3, -1, -1)], sid)
     return _summary(len(contents) - len(skipped), args.out, skipped, len(contents))
 
 
@@ -420,6 +424,16 @@ def _model_args(sp: argparse.ArgumentParser, sketches: bool = True) -> None:
                         "or also resize to the sketch's own size (LANCZOS)")  # fmt: skip
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
+    return n
+
+
 def _use_commands(jobs) -> None:
     """generate, mix, transfer: a model applied to files or folders."""
     ge = jobs.add_parser("generate", help="paint sketch(es) in the style of image(s)")
@@ -429,7 +443,7 @@ def _use_commands(jobs) -> None:
     ge.add_argument("--out", required=True, help="an image file (one output) or a folder")
     ge.add_argument("--pair-by-name", action="store_true",
                     help="folders: pair files with the same name instead of every sketch x every style")  # fmt: skip
-    ge.add_argument("--batch-size", type=int, default=8)
+    ge.add_argument("--batch-size", type=_at_least_one, default=8, help="pairs painted at once")
     ge.set_defaults(func=_cmd_generate)
 
     mx = jobs.add_parser("mix", help="a sketch (or a folder of them) in a mixture of 2-4 styles")
@@ -448,6 +462,7 @@ def _use_commands(jobs) -> None:
     tf.add_argument("--out", required=True)
     tf.add_argument("--snapshot", type=int, default=0, help="which TOM snapshot draws the sketch")
     tf.add_argument("--sketch-out", help="also save the intermediate sketch here")
+    tf.add_argument("--batch-size", type=_at_least_one, default=8, help="images drawn and painted at once")
     tf.set_defaults(func=_cmd_transfer)
 
 

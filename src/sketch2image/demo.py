@@ -16,7 +16,8 @@ from sketch2image.configs import AEConfig, GANConfig, TOMConfig
 from sketch2image.data.images import open_rgb, resize_square, to_tensor
 from sketch2image.data.openmoji import render_openmoji
 from sketch2image.figures import save_grid
-from sketch2image.pipeline import Sketch2Image, stitch
+from sketch2image.pipeline import Sketch2Image
+from sketch2image.processing import stitch
 from sketch2image.sketcher import TOMSketcher, sketch_folder
 from sketch2image.storage import folder_kind
 from sketch2image.train.ae import train_ae
@@ -86,15 +87,15 @@ def result_grid(model: Sketch2Image, data: Path, out: Path, n_styles: int = 5) -
     blank = torch.ones(3, size, size)
     rows = [torch.stack([blank, *styles])]
     for sk in real_lines + tom_sketches:
-        out_row = model.generate(sk[:1], list(styles))
+        out_row = model.generate(sk[:1], list(styles)).stack()
         rows.append(torch.cat([sk[None], out_row]))
     sk0 = real_lines[0][:1]  # style mixing: the 2 styles stitched, then as vectors at weights 1/4, 1/2, 3/4
-    outs = [model.mix(sk0, list(styles[:2]), mode="stitch")]
-    outs += [model.mix(sk0, list(styles[:2]), [1 - w, w], "vector") for w in (0.25, 0.5, 0.75)]
+    outs = [model.mix(sk0, list(styles[:2]), mode="stitch").stack()]
+    outs += [model.mix(sk0, list(styles[:2]), [1 - w, w], "vector").stack() for w in (0.25, 0.5, 0.75)]
     rows.append(torch.cat([stitch(styles[:2])[None], torch.cat(outs)]))
     if model.tom is not None:
         content = _load(data, "images", _spread(test, n_styles, 11), size)
-        transferred, _ = model.transfer(list(content), styles[0])
+        transferred = model.transfer(list(content), styles[0]).stack()
         rows.append(torch.cat([styles[0][None], transferred]))
         rows.append(torch.cat([blank[None], content]))
     return save_grid(out, rows)

@@ -5,28 +5,37 @@ A model folder (``Sketch2Image.save_pretrained``, which ``s2i export`` calls) ho
 optionally ``refiner/`` (the EMA GAN refiner) and ``tom/`` (TOM snapshots, needed for
 ``transfer``), and a ``README.md`` model card.
 
-Inputs may be paths, PIL images or tensors. Sketches of any size and aspect are normalised:
-alpha composited on white, colour turned grey, white-on-black inverted, padded (not
-stretched) to a square, resized to the model's size.
+``generate``, ``mix`` and ``transfer`` read their inputs through ``processing.InputProcessor`` (paths,
+PIL images or tensors, of any size), paint through one batched path (``generate_pairs``) and return
+one type, ``Sketch2ImageOutput``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from sketch2image.data.images import as_rgb, open_rgb, resize_square, to_tensor
-from sketch2image.data.strokes import MODES, content_box, default_stroke_width, normalise_strokes
+from sketch2image.data.strokes import default_stroke_width
 from sketch2image.errors import CheckpointError, InputError
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import Refiner
 from sketch2image.options import FITS, MIX_MODES
+from sketch2image.processing import (
+    ImageLike,
+    InputProcessor,
+    Shape,
+    fit_output,
+    input_name,
+    listify,
+    skip,
+    stitch,
+    to_pil,
+)
 from sketch2image.sketcher import TOMSketcher
 from sketch2image.storage import (
     PIPELINE_FILE,
@@ -40,79 +49,46 @@ from sketch2image.storage import (
 )
 from sketch2image.version import __version__
 
-ERRORS = ("raise", "skip")
-log = logging.getLogger("sketch2image")
-ImageLike = str | os.PathLike | Image.Image | torch.Tensor
 
+@dataclass
+class Sketch2ImageOutput:
+    """What ``generate``, ``mix`` and ``transfer`` return: one entry per output, in the order of the inputs.
 
-def _as_pil(item: ImageLike) -> Image.Image:
-    if isinstance(item, (str, os.PathLike)):
-        return open_rgb(item)
-    if isinstance(item, Image.Image):
-        return as_rgb(item)
-    raise TypeError(f"expected a path or PIL image, got {type(item).__name__}")
-
-
-def sketch_grey(item: ImageLike) -> np.ndarray:
-    """Any sketch input → (H, W) grey in [0, 1] at its own size (alpha composited on white)."""
-    if isinstance(item, torch.Tensor):
-        t = item.detach().float().cpu()
-        t = t.mean(0, keepdim=True) if t.dim() == 3 and t.shape[0] in (3, 4) else t.reshape(1, *t.shape[-2:])
-        return t[0].clamp(0, 1).numpy()
-    return np.asarray(_as_pil(item).convert("L"), dtype=np.float32) / 255.0
-
-
-def normalize_sketch(
-    item: ImageLike,
-    size: int,
-    name: str = "sketch",
-    stroke: str = "auto",
-    stroke_width: float | None = None,
-) -> torch.Tensor:
-    """Any sketch → (1, size, size) grey in [0, 1], dark lines on white, padded (never stretched) to a square.
-
-    ``stroke="auto"`` normalises the strokes to the model's training line weight (``data/strokes.py``);
-    ``"none"`` keeps the drawing's grey levels. A sketch with no strokes raises ``InputError`` (blank).
+    ``images``: (3, h, w) in [0, 1], None where ``errors="skip"`` skipped an input. ``sketches``: the
+    (1, size, size) sketch each was painted from, as the model saw it (for ``transfer``, TOM's drawing).
     """
-    width = stroke_width if stroke_width is not None else default_stroke_width(size)
-    return normalise_strokes(sketch_grey(item), size, width, stroke, name)[0]
+
+    images: list[torch.Tensor | None]
+    sketches: list[torch.Tensor | None]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[torch.Tensor | None]:
+        return iter(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor | None:
+        return self.images[i]
+
+    def stack(self) -> torch.Tensor:
+        """(B, 3, h, w): needs every output made, all of one shape (``fit="square"`` always is)."""
+        missing = [i for i, x in enumerate(self.images) if x is None]
+        if missing or not self.images:
+            raise ValueError(f"outputs {missing[:5]} were skipped (or none made): use .images")
+        if len({tuple(x.shape) for x in self.images}) > 1:
+            raise ValueError("the outputs differ in shape (sketches of different aspect): use .images or fit='square'")
+        return torch.stack(self.images)
+
+    def pil(self) -> list[Image.Image | None]:
+        return [None if x is None else to_pil([x])[0] for x in self.images]
 
 
-def normalize_style(item: ImageLike, size: int) -> torch.Tensor:
-    """Any image → (3, size, size) RGB in [0, 1] (shorter side resized, centre square)."""
-    if isinstance(item, torch.Tensor):
-        t = item.float()
-        if t.dim() != 3 or t.shape[0] != 3:
-            raise InputError(f"style tensor must be (3, H, W), got {tuple(t.shape)}")
-        return torch.nn.functional.interpolate(t[None], size=(size, size), mode="bilinear", antialias=True)[0]
-    return to_tensor(resize_square(_as_pil(item), size))
-
-
-def _name(item: ImageLike, i: int) -> str:
-    return str(item) if isinstance(item, (str, os.PathLike)) else f"input {i}"
-
-
-def _listify(x: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
-    if isinstance(x, (list, tuple)):
-        return list(x)
-    if isinstance(x, torch.Tensor) and x.dim() == 4:
-        return list(x)
-    return [x]
-
-
-def stitch(styles: torch.Tensor) -> torch.Tensor:
-    """2 styles → left | right halves; 4 → quadrants (paper Fig. 7): one reference image."""
-    n, _, h, w = styles.shape
-    out = styles[0].clone()
-    if n == 2:
-        out[:, :, w // 2 :] = styles[1][:, :, w // 2 :]
-    elif n == 4:
-        out[:, h // 2 :, : w // 2] = styles[2][:, h // 2 :, : w // 2]
-        out[:, : h // 2, w // 2 :] = styles[1][:, : h // 2, w // 2 :]
-        out[:, h // 2 :, w // 2 :] = styles[3][:, h // 2 :, w // 2 :]
-    else:
-        raise InputError(f"stitch mixing takes 2 or 4 style images, got {n}")
-    return out
+def _chunks(items: list[int], batch_size: int | None) -> Iterator[list[int]]:
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch_size={batch_size} must be >= 1 (or None: all at once)")
+    step = batch_size or max(1, len(items))
+    for start in range(0, len(items), step):
+        yield items[start : start + step]
 
 
 class Sketch2Image:
@@ -249,57 +225,49 @@ class Sketch2Image:
     def style_vectors(self, styles: torch.Tensor) -> torch.Tensor:
         return self.ae.style_encoder(styles.to(self.device))
 
-    def prepare_sketches(self, items: list[ImageLike], stroke: str = "auto") -> torch.Tensor:
-        """Sketches → (B, 1, size, size) at the model's size and line weight (``stroke``: auto | none)."""
-        return torch.stack([self.prepare_sketch(x, _name(x, i), stroke) for i, x in enumerate(items)])
+    @property
+    def processor(self) -> InputProcessor:
+        """How this model reads sketches and style images (its size, its training line weight)."""
+        return InputProcessor(self.size, self.stroke_width)
 
-    def prepare_sketch(self, item: ImageLike, name: str = "sketch", stroke: str = "auto") -> torch.Tensor:
-        return normalize_sketch(item, self.size, name, stroke, self.stroke_width)
-
-    def prepare_styles(self, items: list[ImageLike]) -> torch.Tensor:
-        if not items:
-            raise InputError("no style images given")
-        return torch.stack([normalize_style(x, self.size) for x in items])
-
-    def prepare_inputs(
-        self, items: list[ImageLike], kind: str, errors: str = "raise", stroke: str = "auto"
-    ) -> tuple[list[torch.Tensor | None], list[tuple[int, int] | None]]:
-        """Each input (``kind``: sketch | style) normalised, None where ``errors="skip"`` skipped it (one
-        warning line each); and for sketches their own (H, W), for cropping the outputs back."""
-        if errors not in ERRORS:
-            raise ValueError(f"errors={errors!r} must be one of {ERRORS}")
-        if stroke not in MODES:
-            raise InputError(f"stroke={stroke!r} must be one of {MODES}")
-        out: list[torch.Tensor | None] = []
-        shapes: list[tuple[int, int] | None] = []
-        for i, x in enumerate(items):
-            try:
-                if kind == "sketch":
-                    grey = sketch_grey(x)
-                    out.append(normalise_strokes(grey, self.size, self.stroke_width, stroke, _name(x, i))[0])
-                    shapes.append(grey.shape)
-                else:
-                    out.append(normalize_style(x, self.size))
-                    shapes.append(None)
-            except InputError as e:
-                if errors == "raise":
-                    raise
-                log.warning("skipped %s", e)
-                out.append(None)
-                shapes.append(None)
-        return out, shapes
-
-    def _finish(self, images: list[torch.Tensor | None], shapes: list, fit: str, errors: str):
-        """Crop each square output to its sketch's aspect (``fit``), then a tensor, or a list when the shapes
-        differ or inputs were skipped (``errors="skip"``: None in their place)."""
+    # --- the one batched path --------------------------------------------------------------------
+    def generate_pairs(
+        self,
+        sketches: Sequence[torch.Tensor | None],
+        styles: Sequence[torch.Tensor | None],
+        pairs: Sequence[tuple[int, int]],
+        *,
+        shapes: Sequence[Shape | None] | None = None,
+        refine: bool = True,
+        fit: str = "crop",
+        seed: int | None = 0,
+        noise: float | None = None,
+        batch_size: int | None = None,
+        vectors: bool = False,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Prepared inputs (``processor``) painted for each (sketch index, style index) pair, ``batch_size``
+        pairs at a time (None: all at once): yields (pair position, image) as each batch is done, so a caller
+        can write them as they come. Pairs with a skipped (None) input are left out. Output i's noise comes
+        from ``seed + i``, whatever the batch size; ``shapes`` (the sketches' own sizes) with ``fit`` as in
+        ``generate``. ``vectors``: ``styles`` are style vectors already (``mix``), not images."""
         if fit not in FITS:
             raise InputError(f"fit={fit!r} must be one of {FITS}")
-        done = [None if img is None else fit_output(img, shape, fit) for img, shape in zip(images, shapes, strict=True)]
-        if errors == "skip":
-            return done
-        if len({tuple(d.shape) for d in done}) == 1:
-            return torch.stack(done)
-        return done
+        good = [i for i, (a, b) in enumerate(pairs) if sketches[a] is not None and styles[b] is not None]
+        for chunk in _chunks(good, batch_size):
+            st = torch.stack([styles[pairs[i][1]] for i in chunk])
+            f = st.to(self.device) if vectors else self.style_vectors(st)
+            out = self.decode(
+                torch.stack([sketches[pairs[i][0]] for i in chunk]), f, refine, _seeds(seed, chunk), noise
+            )
+            for i, img in zip(chunk, out, strict=True):
+                yield i, fit_output(img, shapes[pairs[i][0]] if shapes else None, fit)
+
+    def _output(self, sketches: list, styles: list, pairs: list[tuple[int, int]], **kw) -> Sketch2ImageOutput:
+        images: list[torch.Tensor | None] = [None] * len(pairs)
+        for i, img in self.generate_pairs(sketches, styles, pairs, **kw):
+            images[i] = img
+        used = [None if img is None else sketches[a] for img, (a, _) in zip(images, pairs, strict=True)]
+        return Sketch2ImageOutput(images, used)
 
     # --- public API ------------------------------------------------------------------------------
     def generate(
@@ -313,62 +281,29 @@ class Sketch2Image:
         errors: str = "raise",
         seed: int | None = 0,
         noise: float | None = None,
-    ) -> torch.Tensor | list[torch.Tensor | None]:
+        batch_size: int | None = None,
+    ) -> Sketch2ImageOutput:
         """Sketch(es) painted in the style image(s): pairs element-wise, a single one is broadcast.
 
-        Returns (B, 3, h, w) in [0, 1]. ``fit``: ``crop`` (default) cuts the output to the sketch's aspect
-        ratio at the model's resolution, ``square`` keeps the model's padded square, ``original`` also
-        resizes to the sketch's own pixel size (LANCZOS). Outputs of different shapes come as a list.
+        ``.images[i]`` is (3, h, w) in [0, 1] (``.stack()``: one tensor, ``.pil()``: PIL images). ``fit``:
+        ``crop`` (default) cuts the output to the sketch's aspect ratio at the model's resolution, ``square``
+        keeps the model's padded square, ``original`` also resizes to the sketch's own pixel size (LANCZOS).
         ``stroke``: ``auto`` normalises the sketch's lines to the model's training line weight, ``none``
-        uses them as drawn. ``errors="skip"``: an unusable sketch or style is logged and skipped, and
-        the result is a list with None in the place of each output that could not be made.
-        ``refine=False`` gives the auto-encoder output. ``noise``: scale of the refiner's per-pixel noise
-        (None: the model's ``noise``, 0 by default; 1: as in training). ``seed``: output i's noise is
-        drawn from ``seed + i`` (the same call gives the same pictures; None: the global random state).
+        uses them as drawn. ``errors="skip"``: an unusable sketch or style is logged and skipped (None in
+        the place of each output that could not be made). ``refine=False`` gives the auto-encoder output.
+        ``noise``: scale of the refiner's per-pixel noise (None: the model's ``noise``, 0 by default; 1: as
+        in training). ``seed``: output i's noise is drawn from ``seed + i`` (the same call gives the same
+        pictures; None: the global random state). ``batch_size``: pairs painted at once (None: all).
         """
-        sketches, styles = _listify(sketch), _listify(style)
+        sketches, styles = listify(sketch), listify(style)
         if len(sketches) != len(styles) and 1 not in (len(sketches), len(styles)):
             raise InputError(f"{len(sketches)} sketches and {len(styles)} styles: give equal numbers or one")
-        n = max(len(sketches), len(styles))
-        sk, shapes = self.prepare_inputs(sketches, "sketch", errors, stroke)
-        st, _ = self.prepare_inputs(styles, "style", errors, stroke)
-        pairs = [(sk[i if len(sk) > 1 else 0], st[i if len(st) > 1 else 0]) for i in range(n)]
-        shapes = [shapes[i if len(shapes) > 1 else 0] for i in range(n)]
-        good = [i for i, (a, b) in enumerate(pairs) if a is not None and b is not None]
-        images: list[torch.Tensor | None] = [None] * n
-        if good:
-            s_t = torch.stack([pairs[i][0] for i in good])
-            f = self.style_vectors(torch.stack([pairs[i][1] for i in good]))
-            for i, img in zip(good, self.decode(s_t, f, refine, _seeds(seed, good), noise), strict=True):
-                images[i] = img
-        return self._finish(images, shapes, fit, errors)
-
-    def generate_pairs(
-        self,
-        sketches: Sequence[torch.Tensor | None],
-        styles: Sequence[torch.Tensor | None],
-        pairs: Sequence[tuple[int, int]],
-        *,
-        shapes: Sequence[tuple[int, int] | None] | None = None,
-        refine: bool = True,
-        fit: str = "crop",
-        seed: int | None = 0,
-        noise: float | None = None,
-        batch_size: int = 8,
-    ) -> Iterator[tuple[int, torch.Tensor]]:
-        """Prepared inputs (``prepare_inputs``) painted for each (sketch index, style index) pair, ``batch_size``
-        at a time: yields (pair position, image) as each batch is done, so a caller can write them as they
-        come. Pairs with a skipped (None) input are left out. Output i's noise comes from ``seed + i``,
-        whatever the batch size; ``shapes`` (the sketches' own sizes) with ``fit`` as in ``generate``."""
-        good = [i for i, (a, b) in enumerate(pairs) if sketches[a] is not None and styles[b] is not None]
-        for start in range(0, len(good), max(1, batch_size)):
-            chunk = good[start : start + batch_size]
-            f = self.style_vectors(torch.stack([styles[pairs[i][1]] for i in chunk]))
-            out = self.decode(
-                torch.stack([sketches[pairs[i][0]] for i in chunk]), f, refine, _seeds(seed, chunk), noise
-            )
-            for i, img in zip(chunk, out, strict=True):
-                yield i, fit_output(img, shapes[pairs[i][0]] if shapes else None, fit)
+        sk, shapes = self.processor.sketches(sketches, errors, stroke)
+        st = self.processor.styles(styles, errors)
+        n = max(len(sk), len(st))
+        pairs = [(i if len(sk) > 1 else 0, i if len(st) > 1 else 0) for i in range(n)]
+        return self._output(sk, st, pairs, shapes=shapes, refine=refine, fit=fit, seed=seed, noise=noise,
+                            batch_size=batch_size)  # fmt: skip
 
     def mix(
         self,
@@ -382,12 +317,12 @@ class Sketch2Image:
         fit: str = "crop",
         seed: int | None = 0,
         noise: float | None = None,
-    ) -> torch.Tensor:
+    ) -> Sketch2ImageOutput:
         """One sketch in a mixture of styles: ``stitch`` 2 or 4 images into one reference (paper Fig. 7),
         or ``vector``: a weighted mean of their style vectors. Every style is required (leaving one out
         would silently change the mixture). ``stroke``, ``fit``, ``seed`` and ``noise`` as in ``generate``."""
-        (s,), shapes = self.prepare_inputs([sketch], "sketch", "raise", stroke)
-        st = self.prepare_styles(list(styles))
+        sk, shapes = self.processor.sketches([sketch], "raise", stroke)
+        st = torch.stack(self.processor.styles(list(styles)))
         if mode == "stitch":
             f = self.style_vectors(stitch(st)[None])
         elif mode == "vector":
@@ -397,7 +332,8 @@ class Sketch2Image:
             f = (self.style_vectors(st) * (w / w.sum()).to(self.device)[:, None]).sum(0, keepdim=True)
         else:
             raise InputError(f"mix mode {mode!r} must be one of {MIX_MODES}")
-        return self._finish(list(self.decode(s[None], f, refine, _seeds(seed, [0]), noise)), shapes, fit, "raise")
+        return self._output(sk, [f[0]], [(0, 0)], shapes=shapes, refine=refine, fit=fit, seed=seed, noise=noise,
+                            vectors=True)  # fmt: skip
 
     def transfer(
         self,
@@ -409,72 +345,38 @@ class Sketch2Image:
         errors: str = "raise",
         seed: int | None = 0,
         noise: float | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
-        """Content image → TOM sketch → painted in the style. Returns (images, the intermediate sketches).
+        batch_size: int | None = None,
+    ) -> Sketch2ImageOutput:
+        """Content image → TOM sketch (``.sketches``) → painted in the style (``.images``).
 
         The model's own TOM draws at the model's size and line weight, so no stroke normalisation and
         no crop: outputs are the model's squares. ``errors="skip"``: an unreadable content or style
-        image, or one TOM draws nothing for, is logged and skipped (None in its place in both lists).
-        ``seed`` and ``noise`` as in ``generate``.
+        image, or one TOM draws nothing for, is logged and skipped (None in its place).
+        ``seed``, ``noise`` and ``batch_size`` as in ``generate``.
         """
         if self.tom is None:
             raise CheckpointError("this model folder has no tom/ snapshots, which style transfer needs")
-        contents, style_items = _listify(content), _listify(style)
+        contents, style_items = listify(content), listify(style)
         if len(style_items) not in (1, len(contents)):
             raise InputError(f"{len(contents)} content images and {len(style_items)} styles: give equal numbers or one")
-        ct, _ = self.prepare_inputs(contents, "style", errors, "auto")
-        st, _ = self.prepare_inputs(style_items, "style", errors, "auto")
-        n = len(contents)
-        sketches: list[torch.Tensor | None] = [None] * n
-        ok = [i for i in range(n) if ct[i] is not None]
-        if ok:
+        ct = self.processor.styles(contents, errors)
+        st = self.processor.styles(style_items, errors)
+        sketches: list[torch.Tensor | None] = [None] * len(contents)
+        for chunk in _chunks([i for i, x in enumerate(ct) if x is not None], batch_size):
             with torch.inference_mode():
-                drawn = self.tom(torch.stack([ct[i] for i in ok]).to(self.device), snapshot=snapshot).cpu()
-            for i, sk in zip(ok, drawn, strict=True):
+                drawn = self.tom(torch.stack([ct[i] for i in chunk]).to(self.device), snapshot=snapshot).cpu()
+            for i, sk in zip(chunk, drawn, strict=True):
                 if (sk < 0.5).sum() == 0:
-                    err = InputError(f"{_name(contents[i], i)}: TOM drew an empty sketch of this image")
-                    if errors == "raise":
-                        raise err
-                    log.warning("skipped %s", err)
-                    continue
-                sketches[i] = sk
-        pairs = [(i, st[i if len(st) > 1 else 0]) for i in range(n)]
-        good = [i for i, s in pairs if sketches[i] is not None and s is not None]
-        images: list[torch.Tensor | None] = [None] * n
-        if good:
-            s_t = torch.stack([sketches[i] for i in good])
-            f = self.style_vectors(torch.stack([pairs[i][1] for i in good]))
-            for i, img in zip(good, self.decode(s_t, f, refine, _seeds(seed, good), noise), strict=True):
-                images[i] = img
-        if errors == "skip":
-            return images, [s if images[i] is not None else None for i, s in enumerate(sketches)]
-        return torch.stack(images), torch.stack(sketches)
+                    skip(InputError(f"{input_name(contents[i], i)}: TOM drew an empty sketch of this image"), errors)
+                else:
+                    sketches[i] = sk
+        pairs = [(i, i if len(st) > 1 else 0) for i in range(len(contents))]
+        return self._output(sketches, st, pairs, refine=refine, fit="square", seed=seed, noise=noise,
+                            batch_size=batch_size)  # fmt: skip
 
 
 def _seeds(seed: int | None, positions: Sequence[int]) -> list[int] | None:
     return None if seed is None else [seed + i for i in positions]
-
-
-def fit_output(image: torch.Tensor, shape: tuple[int, int] | None, fit: str) -> torch.Tensor:
-    """A (3, size, size) output cut to the (H, W) sketch's aspect ratio (``crop``), also resized to
-    (H, W) with LANCZOS (``original``), or left as the model's square (``square``)."""
-    if fit == "square" or shape is None:
-        return image
-    top, left, hh, ww = content_box(shape, image.shape[-1])
-    out = image[:, top : top + hh, left : left + ww]
-    if fit == "original" and tuple(out.shape[-2:]) != tuple(shape):
-        pil = to_pil(out[None])[0].resize((shape[1], shape[0]), Image.Resampling.LANCZOS)
-        out = to_tensor(pil)
-    return out
-
-
-def to_pil(images: torch.Tensor | Sequence[torch.Tensor]) -> list[Image.Image]:
-    """(B, 3, H, W) or a list of (3, H, W) images in [0, 1] → PIL images."""
-    out = []
-    for img in images:
-        arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        out.append(Image.fromarray(arr, "RGB"))
-    return out
 
 
 def _training_stroke_width(ae_run: Path, size: int) -> float | None:
@@ -504,9 +406,9 @@ Self-supervised sketch-to-image synthesis (Liu et al., AAAI 2021), sketch2image 
 - Training data: {info["training_data"] or "not recorded"}
 
 ```python
-from sketch2image.pipeline import Sketch2Image, to_pil
+from sketch2image import Sketch2Image
 model = Sketch2Image.from_pretrained("path/to/this/folder")
-to_pil(model.generate("sketch.png", "style.jpg"))[0].save("out.png")
+model.generate("sketch.png", "style.jpg").pil()[0].save("out.png")
 ```
 
 | metric | value |
