@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
-from sketch2image.ae_eval import cross_grid, paired_reconstruction
 from sketch2image.data.paired import load_pairs_by_id
+from sketch2image.figures import cross_grid
+from sketch2image.metrics.evaluate import evaluate, load_held_out
 from sketch2image.nets.autoencoder import SketchAutoEncoder
+from sketch2image.pipeline import Sketch2Image
 
 
 def main() -> None:
@@ -36,11 +38,11 @@ def main() -> None:
     results, curves = {}, {}
     for name, run in runs.items():
         model = SketchAutoEncoder.from_pretrained(run)
-        results[name] = {
-            "run": run,
-            "config": json.loads((Path(run) / "config.json").read_text()),
-            "held_out": paired_reconstruction(model, images, lines),
-        }
+        _, x, s = load_held_out(images, lines, model.cfg.size)
+        report = evaluate(Sketch2Image(model), x, s, ["mse", "psnr"], refine=False, progress=False)["metrics"]
+        held_out = {"n": report["mse"]["n"], "mse": report["mse"]["value"], "psnr_db": report["psnr"]["value"]}
+        results[name] = {"run": run, "config": json.loads((Path(run) / "config.json").read_text()),
+                         "held_out": held_out}  # fmt: skip
         ids, x, s = load_pairs_by_id(images, lines, model.cfg.size)
         pick = torch.linspace(0, len(ids) - 1, 2 * args.n).long()
         sketches, styles = s[pick[::2]], x[pick[1::2]]  # disjoint held-out emojis for sketches and styles

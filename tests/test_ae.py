@@ -384,6 +384,10 @@ def test_train_resume_and_load(tmp_path, paired_manifest):
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     assert len(list((run / "samples").glob("*.png"))) == 2
+    from sketch2image.storage import read_run_info
+
+    info = read_run_info(run)
+    assert info["stage"] == "ae" and info["data"] == str(manifest.resolve()) and info["n_images"] == 6
     meta = json.loads((run / "checkpoints" / "step_0000004" / "meta.json").read_text())
     assert meta["round"] == 1
     train_ae(AEConfig(**{**cfg.__dict__, "steps": 6}), manifest, run, progress=False)
@@ -395,9 +399,12 @@ def test_train_resume_and_load(tmp_path, paired_manifest):
 
 
 def test_paired_reconstruction_and_cross_grid(tmp_path, image_dir):
+    """`s2i eval --no-refine --metrics mse,psnr` on an auto-encoder run: the paired reconstruction error."""
     from PIL import Image
 
-    from sketch2image.ae_eval import cross_grid, paired_reconstruction
+    from sketch2image.cli import main
+    from sketch2image.data.paired import load_pairs_by_id
+    from sketch2image.figures import cross_grid
 
     sk_dir = tmp_path / "lines"
     for p in sorted(image_dir.rglob("*.*")):
@@ -407,14 +414,23 @@ def test_paired_reconstruction_and_cross_grid(tmp_path, image_dir):
     (sk_dir / "orphan.png").write_bytes((sk_dir / "img0.png").read_bytes())  # no matching image: ignored
     torch.manual_seed(0)
     model = SketchAutoEncoder(tiny().model_config())
-    result = paired_reconstruction(model, image_dir, sk_dir)
-    assert result["n"] == 6
-    assert 0 < result["mse"] < 1 and result["psnr_db"] > 0
+    model.save_pretrained(tmp_path / "ae")
+    out = tmp_path / "recon.json"
+    rc = main(["eval", "--model", str(tmp_path / "ae"), "--images", str(image_dir), "--sketches", str(sk_dir),
+               "--metrics", "mse,psnr", "--no-refine", "--out", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())["metrics"]
+    _, x, s = load_pairs_by_id(image_dir, sk_dir, 32)
+    with torch.inference_mode():  # the same figures computed here directly from the network
+        mse = (model.eval()(s, x) - x).pow(2).flatten(1).mean(1)
+    assert rc in (0, None) and result["mse"]["n"] == 6
+    assert result["mse"]["value"] == pytest.approx(mse.mean().item(), rel=1e-4)
+    assert result["psnr"]["value"] == pytest.approx((10 * torch.log10(1 / mse)).mean().item(), rel=1e-4)
     grid = cross_grid(model, torch.rand(2, 1, 32, 32), torch.rand(3, 3, 32, 32), tmp_path / "grid.png")
     w, h = Image.open(grid).size
     assert (w, h) == (4 * 34 + 2, 3 * 34 + 2)  # (1 + 3 styles) columns x (1 + 2 sketches) rows, 2 px padding
-    with pytest.raises(InputError, match="no file ids in common"):
-        paired_reconstruction(model, image_dir, _empty(tmp_path))
+    assert main(["eval", "--model", str(tmp_path / "ae"), "--images", str(image_dir), "--sketches",
+                 str(_empty(tmp_path)), "--metrics", "mse", "--out", str(tmp_path / "x.json")]) == 2  # fmt: skip
+    assert not (tmp_path / "x.json").exists()
 
 
 def _empty(tmp_path):
@@ -435,5 +451,5 @@ def test_cli_ae_errors_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     rc = main(["ae", "train", "--data", "x", "--out", str(tmp_path / "run"), "--preset", "96"])
     assert rc == 2 and "no AE preset" in capsys.readouterr().err
-    rc = main(["ae", "recon", "--model", str(tmp_path), "--images", ".", "--sketches", "."])
+    rc = main(["eval", "--model", str(tmp_path), "--images", ".", "--sketches", "."])
     assert rc == 2 and "no auto-encoder" in capsys.readouterr().err

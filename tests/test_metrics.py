@@ -195,6 +195,28 @@ def test_evaluate_all_metrics_reproducible_and_cached(model_dir, held_out, tmp_p
     assert r4["refine"] is False and r4["metrics"]["psnr"]["value"] != pytest.approx(m["psnr"]["value"])
 
 
+def test_a_set_level_metric_is_one_registry_entry(model_dir, held_out, monkeypatch):
+    """A metric over the whole set needs only a registry entry: evaluate hands its reduce the rows it
+    collects, gathered in held-out order, whatever the batch size."""
+    from sketch2image.metrics.registry import COLLECTORS, Metric
+
+    def worst(rows, opts):  # the index of the worst-reconstructed image, and the skt_rec floor it also read
+        return {"value": int(rows["mse"].argmax()), "floor": rows["sketch_floor"].mean().item(), "seed": opts["seed"]}
+
+    monkeypatch.setitem(REGISTRY, "worst", Metric("worst", "paired", "lower", "test", collects=("mse", "sketch_floor"),
+                                                  reduce=worst))  # fmt: skip
+    monkeypatch.setitem(COLLECTORS, "mse", lambda ctx, out, sk, style, target: (out - target).pow(2).flatten(1).mean(1))
+    model = Sketch2Image.from_pretrained(model_dir)
+    _, x, s = load_held_out(held_out / "images", held_out / "sketches", model.size)
+    with torch.inference_mode():
+        direct = (model.decode(s, model.style_vectors(x), True) - x).pow(2).flatten(1).mean(1)
+    for batch_size in (1, 4):
+        got = evaluate(model, x, s, ["worst", "skt_rec"], batch_size=batch_size, seed=3, progress=False)["metrics"]
+        assert got["worst"]["value"] == int(direct.argmax()) and got["worst"]["seed"] == 3
+        assert got["worst"]["better"] == "lower"  # the registry's fields are added as for every metric
+        assert got["worst"]["floor"] == pytest.approx(got["skt_rec"]["real_images"], rel=1e-6)
+
+
 def test_skt_rec_needs_tom(model_dir, held_out, tmp_path):
     model = Sketch2Image.from_pretrained(model_dir)
     model.tom = None
@@ -220,7 +242,7 @@ def test_cli_eval_writes_json_and_table(model_dir, held_out, tmp_path, capsys):
     card = (card_model / "README.md").read_text()
     assert f"| fid | {report['metrics']['fid']['value']:.4g} (6 samples, 32 px, lower is better) |" in card
     assert main(["export", *runs, "--metrics", str(model_dir / "sketch2image.json"), "--out", str(tmp_path / "x")]) == 2
-    assert "not an `s2i eval` report" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "not a valid `s2i eval` report" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_cli_eval_errors(model_dir, held_out, tmp_path, capsys, monkeypatch):

@@ -95,6 +95,12 @@ def test_cache_hit_does_not_rewrite_and_new_size_rerenders(tmp_path: Path, monke
         m.setattr(openmoji, "_rasterise", lambda *a, **k: pytest.fail("a cache hit rendered an SVG again"))
         assert render_openmoji(tmp_path, SIZE, workers=1, **kw) == manifest
     assert _mtimes(tmp_path) == before
+    assert manifest.name == "openmoji.json" and not (tmp_path / "manifest.json").exists()  # not a sketch manifest's
+    manifest.rename(tmp_path / "manifest.json")  # a folder an older version rendered: reused, its record renamed
+    with monkeypatch.context() as m:
+        m.setattr(openmoji, "_rasterise", lambda *a, **k: pytest.fail("an older render was not reused"))
+        assert render_openmoji(tmp_path, SIZE, workers=1, **kw) == manifest
+    assert manifest.is_file() and not (tmp_path / "manifest.json").exists()
 
     render_openmoji(tmp_path, 24, workers=1, **kw)
     assert json.loads(manifest.read_text())["size"] == 24

@@ -7,19 +7,23 @@ import json
 import pytest
 import torch
 
-from sketch2image.errors import CheckpointError
+from sketch2image.errors import CheckpointError, InputError
 from sketch2image.nets.autoencoder import AutoEncoderConfig, SketchAutoEncoder
 from sketch2image.nets.refiner import Refiner
 from sketch2image.pipeline import Sketch2Image
 from sketch2image.storage import (
+    RUN_FORMAT,
     atomic_dir,
     atomic_file,
     folder_kind,
     part_dir,
+    read_document,
     read_json,
+    read_run_info,
     run_of,
     save_tensors,
     tensors_metadata,
+    write_run_info,
 )
 
 
@@ -48,6 +52,33 @@ def test_read_json_names_the_file_and_the_problem(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(CheckpointError, match="bad.json: unreadable config"):
         read_json(tmp_path / "bad.json", "config")
+
+
+def test_one_checked_reader_for_every_json_document(tmp_path):
+    doc = tmp_path / "doc.json"
+    for content, problem in [("{", "unreadable thing"), ("[1]", "not a valid thing (format None"),
+                             ('{"format": "other/1", "a": 1}', "not a valid thing (format 'other/1'"),
+                             ('{"format": "ours/1"}', "not a valid thing")]:  # fmt: skip
+        doc.write_text(content)
+        with pytest.raises(InputError, match="doc.json: " + problem.replace("(", r"\(")):
+            read_document(doc, ("ours/1",), "thing", keys=("a",), error=InputError)
+    doc.write_text('{"format": "ours/1", "a": 1}')
+    assert read_document(doc, ("ours/1",), "thing", keys=("a",)) == {"format": "ours/1", "a": 1}
+
+
+def test_run_json_is_written_and_read_in_one_place(tmp_path):
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    write_run_info(run, "ae", data=tmp_path / "sk" / "manifest.json", n_images=3)
+    info = read_run_info(run / "model")  # a run's model/ folder finds its run
+    assert info == {"format": RUN_FORMAT, "stage": "ae", "data": str((tmp_path / "sk" / "manifest.json").resolve()),
+                    "n_images": 3}  # fmt: skip
+    assert read_run_info(tmp_path) is None  # not a run
+    (run / "run.json").write_text(json.dumps({"data": "x"}))  # a run from before run.json had a tag: still read
+    assert read_run_info(run) == {"data": "x"}
+    (run / "run.json").write_text(json.dumps({"format": "sketch2image.model/1"}))
+    with pytest.raises(CheckpointError, match="run.json: not a valid training run description"):
+        read_run_info(run)
 
 
 def test_folder_kinds_and_where_each_part_lives(model_dir, tmp_path):

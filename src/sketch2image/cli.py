@@ -83,20 +83,6 @@ def _cmd_ae_train(args: argparse.Namespace) -> None:
     print(f"AE run: {run} (model in {run / 'model'}, samples in {run / 'samples'})")
 
 
-def _cmd_ae_recon(args: argparse.Namespace) -> None:
-    import json
-
-    from sketch2image.ae_eval import paired_reconstruction
-    from sketch2image.nets.autoencoder import SketchAutoEncoder
-    from sketch2image.storage import atomic_write_json
-
-    model = SketchAutoEncoder.from_pretrained(args.model, args.device)
-    result = paired_reconstruction(model, Path(args.images), Path(args.sketches))
-    print(json.dumps(result, indent=2))
-    if args.json:
-        atomic_write_json(Path(args.json), result)
-
-
 def _cmd_gan_train(args: argparse.Namespace) -> None:
     from sketch2image.configs import GANConfig
     from sketch2image.train.gan import train_gan
@@ -362,7 +348,7 @@ def _data_commands(jobs) -> None:
 
 
 def _training_commands(jobs) -> None:
-    """tom train/sketch, ae train/recon, gan train."""
+    """tom train/sketch, ae train, gan train."""
     tom = jobs.add_parser("tom", help="stage 1: sketch synthesis").add_subparsers(dest="what", required=True)
     tr = tom.add_parser("train", help="train TOM on an image folder and a few real sketches")
     tr.add_argument("--images", required=True, help="folder of RGB images (recursive)")
@@ -393,13 +379,6 @@ def _training_commands(jobs) -> None:
                     "(default: the size the sketches were drawn at)")  # fmt: skip
     _training_args(at, "AEConfig", "--set dmi=sketch --set w_style_cls=0")
     at.set_defaults(func=_cmd_ae_train)
-    ar = ae.add_parser("recon", help="paired reconstruction error on held-out images and their own sketches")
-    ar.add_argument("--model", required=True, help="AE run folder or model folder")
-    ar.add_argument("--images", required=True)
-    ar.add_argument("--sketches", required=True, help="folder with a sketch per image, same relative names")
-    ar.add_argument("--json", help="also write the result here")
-    ar.add_argument("--device", default="auto", help=DEVICE_HELP)
-    ar.set_defaults(func=_cmd_ae_recon)
 
     gan = jobs.add_parser("gan", help="stage 3: GAN refiner").add_subparsers(dest="what", required=True)
     gt = gan.add_parser("train", help="train the refiner on top of a frozen auto-encoder")

@@ -6,7 +6,6 @@ there, so an interrupted demo continues where it stopped.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,12 +13,12 @@ import torch
 
 from sketch2image.configs import AEConfig, GANConfig, TOMConfig
 from sketch2image.data.images import open_rgb, resize_square, to_tensor
-from sketch2image.data.openmoji import render_openmoji
+from sketch2image.data.openmoji import read_record, render_openmoji
 from sketch2image.figures import save_grid
 from sketch2image.pipeline import Sketch2Image
 from sketch2image.processing import stitch
 from sketch2image.sketcher import TOMSketcher, sketch_folder
-from sketch2image.storage import folder_kind
+from sketch2image.storage import SKETCH_MANIFEST_FILE, folder_kind
 from sketch2image.train.ae import train_ae
 from sketch2image.train.gan import train_gan
 from sketch2image.train.tom import train_tom
@@ -63,7 +62,7 @@ def _spread(items: list[str], n: int, offset: int = 0) -> list[str]:
 def tom_figure(run: Path, data: Path, out: Path, n: int = 6, columns: tuple[int, ...] = (0, 4, 9)) -> Path:
     """Held-out emojis: colour image | the artist's line art | TOM sketches from three snapshots."""
     sketcher = TOMSketcher.from_pretrained(run)
-    ids = _spread(json.loads((data / "manifest.json").read_text())["ids"]["test"], n)
+    ids = _spread(read_record(data)["ids"]["test"], n)
     images, lines = _load(data, "images", ids, sketcher.cfg.size), _load(data, "lines", ids, sketcher.cfg.size)
     sketches = sketcher(images)
     cols = [c for c in columns if c < sketches.shape[1]]
@@ -77,7 +76,7 @@ def result_grid(model: Sketch2Image, data: Path, out: Path, n_styles: int = 5) -
     Then a style-mixing row (two styles stitched, then mixed as vectors at 3 weights) and a
     style-transfer row (held-out colour images → TOM sketch → painted in the first style).
     """
-    test = json.loads((data / "manifest.json").read_text())["ids"]["test"]
+    test = read_record(data)["ids"]["test"]
     size = model.size
     style_ids, sketch_ids = _spread(test, n_styles, 1), _spread(test, 4, 3)
     styles = _load(data, "images", style_ids, size)
@@ -121,14 +120,14 @@ def run_demo(out: Path, *, fast: bool = False, size: int | None = None, progress
     train_tom(p.tom, data / "images" / "train", data / "sketch_set", tom, resume=True, progress=progress)
     sketches = out / f"sketches{tag}"
     print(f"[3/6] sketching the training emojis with every snapshot -> {sketches}")
-    if not (sketches / "manifest.json").is_file():
+    if not (sketches / SKETCH_MANIFEST_FILE).is_file():
         sketch_folder(tom, data / "images" / "train", sketches, progress=progress)
     ae = out / f"ae{tag}"
     print(f"[4/6] training the auto-encoder ({p.ae.steps} steps) -> {ae}")
-    train_ae(p.ae, sketches / "manifest.json", ae, resume=True, progress=progress)
+    train_ae(p.ae, sketches / SKETCH_MANIFEST_FILE, ae, resume=True, progress=progress)
     gan = out / f"gan{tag}"
     print(f"[5/6] training the GAN refiner ({p.gan.steps} steps) -> {gan}")
-    train_gan(p.gan, ae, sketches / "manifest.json", gan, resume=True, progress=progress)
+    train_gan(p.gan, ae, sketches / SKETCH_MANIFEST_FILE, gan, resume=True, progress=progress)
     model_dir = out / f"model{tag}"
     print(f"[6/6] exporting the model -> {model_dir} and drawing the result grid")
     if folder_kind(model_dir) != "model":

@@ -24,3 +24,17 @@ def save_grid(path: Path, rows: list[torch.Tensor], pad: int = 2) -> Path:
     with atomic_file(path) as tmp:
         save_image(grid, tmp)
     return Path(path)
+
+
+@torch.inference_mode()
+def cross_grid(model: torch.nn.Module, sketches: torch.Tensor, styles: torch.Tensor, out: Path) -> Path:
+    """Every sketch × every style through an auto-encoder (``model(sketches, styles)``): a header row of
+    the style images, then per sketch the sketch and its outputs."""
+    model.eval()
+    device = next(model.parameters()).device
+    blank = torch.ones(1, 3, *styles.shape[-2:])
+    rows = [torch.cat([blank, styles.cpu()])]
+    for s in sketches:
+        batch = s.unsqueeze(0).expand(len(styles), -1, -1, -1).to(device)
+        rows.append(torch.cat([s.expand(3, -1, -1).unsqueeze(0).cpu(), model(batch, styles.to(device)).cpu()]))
+    return save_grid(out, rows)

@@ -44,8 +44,8 @@ from sketch2image.storage import (
     atomic_write_json,
     atomic_write_text,
     folder_kind,
-    read_json,
-    run_of,
+    read_document,
+    read_run_info,
 )
 from sketch2image.version import __version__
 
@@ -128,13 +128,7 @@ class Sketch2Image:
             raise CheckpointError(
                 f"{directory}: not a sketch2image model folder (no {PIPELINE_FILE}; make one with `s2i export`)"
             )
-        info_path = directory / PIPELINE_FILE
-        info = read_json(info_path, "model description")
-        if not isinstance(info, dict) or info.get("format") != PIPELINE_FORMAT:
-            found = info.get("format") if isinstance(info, dict) else None
-            raise CheckpointError(
-                f"{info_path}: model format {found!r}; this version ({__version__}) reads {PIPELINE_FORMAT!r}"
-            )
+        info = read_document(directory / PIPELINE_FILE, (PIPELINE_FORMAT,), "sketch2image model description")
         if not (directory / "ae").is_dir():
             raise CheckpointError(f"{directory}: incomplete model folder (ae/ missing)")
         ae = SketchAutoEncoder.from_pretrained(directory / "ae", device)
@@ -383,10 +377,9 @@ def _training_stroke_width(ae_run: Path, size: int) -> float | None:
     """The line weight of the AE's training sketches, from the manifest its run.json names (None if gone)."""
     from sketch2image.data.paired import training_stroke_width
 
-    run = run_of(ae_run)
     try:
-        manifest = read_json(run / "run.json", "run description")["data"] if run is not None else None
-    except (CheckpointError, KeyError, TypeError):
+        manifest = (read_run_info(ae_run) or {}).get("data")
+    except CheckpointError:
         return None
     if not isinstance(manifest, str):
         return None

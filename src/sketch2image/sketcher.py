@@ -24,6 +24,7 @@ from sketch2image.errors import CheckpointError, InputError, S2IError
 from sketch2image.nets.tom import SketchGenerator, binarize
 from sketch2image.nets.vgg import VGGEncoder, load_vgg
 from sketch2image.storage import (
+    SKETCH_MANIFEST_FILE,
     SKETCH_MANIFEST_FORMAT,
     TOM_SNAPSHOT_FORMAT,
     atomic_write_json,
@@ -40,7 +41,6 @@ from sketch2image.storage import (
 
 log = logging.getLogger("sketch2image")
 SNAPSHOT_DIR = "snapshots"
-SKETCH_MANIFEST_FILE = "manifest.json"
 
 
 def save_snapshot(folder: Path, index: int, step: int, g: torch.nn.Module, cfg: TOMConfig, variant: str) -> Path:

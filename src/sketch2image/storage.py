@@ -43,8 +43,16 @@ PIPELINE_FORMAT = "sketch2image.model/1"  # sketch2image.json of an exported mod
 SKETCH_MANIFEST_FORMAT = "sketch2image.sketches/1"
 CHECKPOINT_FORMAT = "sketch2image.checkpoint/1"
 EVAL_REPORT_FORMAT = "sketch2image.eval/1"
+OPENMOJI_FORMAT = "sketch2image.openmoji/1"  # a rendered OpenMoji data folder's record
+VGG_SUBSET_FORMAT = "sketch2image.vgg_subset/1"  # `s2i weights vgg --upto`: VGG layers for small machines
+RUN_FORMAT = "sketch2image.run/1"  # run.json: what a training run was trained on (older runs: no tag)
 
-PIPELINE_FILE = "sketch2image.json"
+# --- file names: distinct formats, distinct names -----------------------------------------------------
+PIPELINE_FILE = "sketch2image.json"  # an exported model's description
+SKETCH_MANIFEST_FILE = "manifest.json"  # `s2i tom sketch`: every image and its K sketches
+OPENMOJI_FILE = "openmoji.json"  # `s2i data openmoji`: the render's parameters, ids and split
+OPENMOJI_FILE_BEFORE = "manifest.json"  # its name before 0.2: still read, so old renders are reused
+RUN_FILE = "run.json"  # a training run's inputs
 # The file that marks each part's folder.
 PART_FILES = {"ae": "model.safetensors", "refiner": "refiner.safetensors", "tom": "snapshots"}
 PART_NAMES = {"ae": "auto-encoder", "refiner": "refiner", "tom": "TOM sketcher"}
@@ -100,15 +108,45 @@ def save_image(image, path: str | os.PathLike) -> None:
         image.save(tmp)
 
 
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """A JSON file, or a ``CheckpointError`` naming the file and ``what`` it should have been."""
+def read_json(path: str | os.PathLike, what: str, error: type[S2IError] = CheckpointError) -> Any:
+    """A JSON file, or an ``error`` naming the file and ``what`` it should have been."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: {what} missing") from e
+        raise error(f"{path}: {what} missing") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable {what} ({e})") from e
+        raise error(f"{path}: unreadable {what} ({e})") from e
+
+
+def read_document(
+    path: str | os.PathLike,
+    formats: tuple[str | None, ...],
+    what: str,
+    *,
+    keys: tuple[str, ...] = (),
+    error: type[S2IError] = CheckpointError,
+) -> dict[str, Any]:
+    """A JSON document sketch2image wrote, checked: readable, an object, tagged with one of ``formats``
+    (None: an untagged file from before tags) and holding ``keys``; else one ``error`` line naming it."""
+    data = read_json(path, what, error)
+    found = data.get("format") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or found not in formats or any(k not in data for k in keys):
+        tags = ", ".join(f for f in formats if f)
+        raise error(f"{path}: not a valid {what} (format {found!r}; this version reads {tags})")
+    return data
+
+
+def write_run_info(run_dir: str | os.PathLike, stage: str, **inputs: Any) -> None:
+    """``run.json``: which stage a run folder is and what it was trained on (files as absolute paths)."""
+    inputs = {k: str(Path(v).resolve()) if isinstance(v, Path) else v for k, v in inputs.items()}
+    atomic_write_json(Path(run_dir) / RUN_FILE, {"format": RUN_FORMAT, "stage": stage, **inputs})
+
+
+def read_run_info(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``run.json`` of the training run ``path`` is (or whose ``model/`` it is); None outside a run."""
+    run = run_of(path)
+    return None if run is None else read_document(run / RUN_FILE, (RUN_FORMAT, None), "training run description")
 
 
 # --- weights -----------------------------------------------------------------------------------------
@@ -150,9 +188,12 @@ def tensors_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
 
 
-def check_format(path: Path, found: str | None, accepted: tuple[str, ...], what: str) -> str:
+def check_format(
+    path: Path, found: str | None, accepted: tuple[str, ...], what: str, error: type[S2IError] = CheckpointError
+) -> str:
+    """The format tag of a safetensors header (``found``), checked to be one this version reads."""
     if found not in accepted:
-        raise CheckpointError(f"{path}: not a sketch2image {what} (format {found!r}; this version reads {accepted})")
+        raise error(f"{path}: not a sketch2image {what} (format {found!r}; this version reads {accepted})")
     return found
 
 
@@ -262,7 +303,7 @@ def run_of(path: str | os.PathLike) -> Path | None:
     """The training run folder that ``path`` is (or whose ``model/`` it is): the folder holding ``run.json``."""
     p = Path(path)
     for d in (p, p.parent if p.name == "model" else None):
-        if d is not None and (d / "run.json").is_file():
+        if d is not None and (d / RUN_FILE).is_file():
             return d
     return None
 

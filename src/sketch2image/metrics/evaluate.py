@@ -31,12 +31,12 @@ from tqdm.auto import tqdm
 
 from sketch2image.data.images import ImageFolder, load_uint8, to_grey
 from sketch2image.errors import InputError
-from sketch2image.metrics import functional as M
 from sketch2image.metrics.reference import load_reference, reference_key, store_reference
-from sketch2image.metrics.registry import DEFAULT_METRICS, REGISTRY, load_lpips, parse_metrics
-from sketch2image.metrics.report import REPORT_FORMAT, machine_description
+from sketch2image.metrics.registry import COLLECTORS, DEFAULT_METRICS, REGISTRY, load_lpips, parse_metrics
+from sketch2image.metrics.report import machine_description
 from sketch2image.parallel import gather
 from sketch2image.parallel import world as parallel_world
+from sketch2image.storage import EVAL_REPORT_FORMAT
 from sketch2image.version import __version__
 
 
@@ -53,6 +53,9 @@ def _shared_inception(path: str | None, device: str):
     from sketch2image.metrics.inception import FIDInception
 
     return FIDInception(path).to(device)
+
+
+REFERENCE = "inception_real"  # the collected rows that are cached between evaluations
 
 
 @dataclass
@@ -120,13 +123,6 @@ def third_images(n: int, seed: int) -> torch.Tensor:
         raise InputError(f"content_leak and style_sensitivity need at least 3 held-out images, got {n}")
     perm, offset = _shuffle(n, seed)
     return _read_on(perm, offset % (n - 1) + 1)  # in 1..n-1 and never equal to offset
-
-
-THIRD_IMAGE = ("content_leak", "style_sensitivity")
-
-
-def _summary(values: torch.Tensor) -> dict:
-    return {"value": values.mean().item(), "std": values.std().item() if len(values) > 1 else 0.0, "n": len(values)}
 
 
 class TensorPairs(Dataset):
@@ -255,12 +251,13 @@ def evaluate(
     chosen = [REGISTRY[n] for n in names]
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
-    want_inception = any(m.name in ("fid", "kid") for m in chosen)
-    real, cached, key = None, False, ""
-    if want_inception:  # the real images' features come from the cache when their pixels were seen before
+    # The real images' Inception features come from the cache when their pixels were seen before.
+    reference, cached, key = None, False, ""
+    if any(REFERENCE in m.collects for m in chosen):
         key = reference_key(ctx, _image_digests(data, batch_size, num_workers, world))
-        real = load_reference(key, cache_dir)
-        cached = real is not None
+        reference = load_reference(key, cache_dir)
+        cached = reference is not None
+    opts = {"seed": seed, "bootstrap": bootstrap, "reference_cached": cached}
     size = None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -270,12 +267,10 @@ def evaluate(
                 continue
             style_index = derangement(n, seed) if task == "mismatched" else torch.arange(n)
             # A third image per row (fixed per row, whatever the batch size), only for the metrics that use it.
-            third = third_images(n, seed) if any(m.name in THIRD_IMAGE for m in todo) else style_index
+            third = third_images(n, seed) if any(m.third_image for m in todo) else style_index
             keys = [(i, int(style_index[i]), int(third[i])) for i in range(n)]
-            per_sample: dict[str, list] = {m.name: [] for m in todo if m.per_sample is not None}
-            fake_rows, real_rows, floor_rows = [], [], []
-            need_fake = any(m.name in ("fid", "kid") for m in todo)
-            need_floor = any(m.name == "skt_rec" for m in todo)
+            collect = list(dict.fromkeys(c for m in todo for c in m.collects if not (c == REFERENCE and cached)))
+            rows: dict[str, list] = {m.name: [] for m in todo if m.per_sample is not None} | {c: [] for c in collect}
             batches = _batches(data, keys, batch_size, num_workers, world)
             total = math.ceil(math.ceil(n / batch_size) / world[0])
             for batch in tqdm(batches, total=total, desc=f"evaluating ({task})", disable=not progress):
@@ -287,46 +282,21 @@ def evaluate(
                 with torch.inference_mode():
                     for m in todo:
                         if m.per_sample is not None:
-                            value = m.per_sample(ctx, out, sk, style, target, other)
-                            per_sample[m.name].append((idx, value.float().cpu()))
-                    if need_fake:
-                        fake_rows.append((idx, ctx.inception(out).cpu()))
-                        if real is None:
-                            real_rows.append((idx, ctx.inception(target).cpu()))
-                    if need_floor:  # what TOM's redrawing of the *real* image scores: the floor to compare with
-                        floor_rows.append((idx, M.sketch_distance(ctx.tom, target, sk).float().cpu()))
-            for name, rows in per_sample.items():
-                results[name] = _summary(_in_order(world, rows))
-            if need_floor:
-                results["skt_rec"]["real_images"] = _in_order(world, floor_rows).mean().item()
-            if need_fake:
-                fake = _in_order(world, fake_rows)
-                if real is None:
-                    real = _in_order(world, real_rows)
-                    if world[1] == 0:
-                        store_reference(key, real, cache_dir)
-                counts = {"n_generated": len(fake), "n_reference": len(real), "reference_cached": cached}
-                if "fid" in names:
-                    results["fid"] = {"value": M.fid_from_features(real, fake), **counts}
-                    if bootstrap:
-                        results["fid"]["bootstrap_std"] = M.bootstrap_spread(real, fake, M.fid_from_features,
-                                                                             bootstrap, seed)  # fmt: skip
-                if "kid" in names:
-                    mean, std, subset = M.kid_from_features(real, fake, seed=seed)
-                    results["kid"] = {"value": mean, "subset_size": subset, **counts}
-                    if subset < min(len(real), len(fake)):  # with one subset of everything a std means nothing
-                        results["kid"]["std"] = std
-                    if bootstrap:
-
-                        def kid(r, f):  # noqa: E306 - fewer subsets per resample: the resampling is the spread
-                            return M.kid_from_features(r, f, subsets=10, seed=seed)[0]
-
-                        results["kid"]["bootstrap_std"] = M.bootstrap_spread(real, fake, kid, bootstrap, seed)
+                            rows[m.name].append((idx, m.per_sample(ctx, out, sk, style, target, other).float().cpu()))
+                    for c in collect:
+                        rows[c].append((idx, COLLECTORS[c](ctx, out, sk, style, target).float().cpu()))
+            gathered = {name: _in_order(world, r) for name, r in rows.items()}
+            if cached:
+                gathered[REFERENCE] = reference
+            elif REFERENCE in gathered and world[1] == 0:
+                store_reference(key, gathered[REFERENCE], cache_dir)
+            for m in todo:
+                results[m.name] = m.report(gathered, opts)
     for name in names:
         m = REGISTRY[name]
         results[name] = {**results[name], "better": m.better, "task": m.task, "description": m.description}
     return {
-        "format": REPORT_FORMAT,
+        "format": EVAL_REPORT_FORMAT,
         "version": __version__,
         "metrics": {n: results[n] for n in names},
         "n_test": n,

@@ -1,7 +1,12 @@
-"""The metric registry: every metric's name, task, direction and per-sample function.
+"""The metric registry: every metric, per-sample or over the whole set, is one entry here.
 
 ``task`` says which generation pass a metric needs (``metrics/evaluate.py``): ``mismatched`` (each
 sketch painted in another image's style) or ``paired`` (painted with its own image, compared with it).
+Per batch, ``evaluate`` keeps per-sample rows only: a metric's own values (``per_sample``) and what
+its ``collects`` names from ``COLLECTORS`` (e.g. Inception features). After the pass, ``reduce``
+turns the gathered rows into the metric's report entry: FID and KID are set-level metrics of this
+kind, the per-sample ones default to the mean and spread of their values. A new metric is a function
+and a ``register`` call.
 """
 
 from __future__ import annotations
@@ -18,15 +23,36 @@ from sketch2image.metrics import functional as M
 from sketch2image.options import DEFAULT_METRICS
 
 
+def summary(values: torch.Tensor) -> dict:
+    return {"value": values.mean().item(), "std": values.std().item() if len(values) > 1 else 0.0, "n": len(values)}
+
+
 @dataclass(frozen=True)
 class Metric:
-    """A registry entry. ``per_sample`` metrics map one batch to one value per sample."""
+    """A registry entry: what a metric reads per batch, and how its report entry is made from all of it."""
 
     name: str
     task: str  # "mismatched" or "paired"
     better: str  # "lower" or "higher"
     description: str
     per_sample: Callable | None = None  # (ctx, out, sketch, style, target, third) -> (B,)
+    collects: tuple[str, ...] = ()  # per-sample rows from COLLECTORS that `reduce` reads
+    reduce: Callable | None = None  # (rows: name -> (N, ...) in held-out order, opts) -> the report entry
+    third_image: bool = False  # needs a third held-out image per row (neither the sketch's own nor its style)
+
+    def report(self, rows: dict[str, torch.Tensor], opts: dict) -> dict:
+        """``opts``: seed, bootstrap (resamples for a spread, 0: none), reference_cached."""
+        return self.reduce(rows, opts) if self.reduce is not None else summary(rows[self.name])
+
+
+# Per-sample rows a set-level metric reads: (ctx, out, sketch, style, target) -> (B, ...). "inception_real"
+# depends on the real images only, so ``evaluate`` takes it from the reference cache when it can.
+COLLECTORS: dict[str, Callable] = {
+    "inception_fake": lambda ctx, out, sketch, style, target: ctx.inception(out),
+    "inception_real": lambda ctx, out, sketch, style, target: ctx.inception(target),
+    # what TOM's redrawing of the *real* image scores on Skt-Rec: the floor to compare a model's with
+    "sketch_floor": lambda ctx, out, sketch, style, target: M.sketch_distance(ctx.tom, target, sketch),
+}
 
 
 REGISTRY: dict[str, Metric] = {}
@@ -83,9 +109,48 @@ def _lpips(ctx, out, sketch, style, target, third=None):
     return ctx.lpips(out * 2 - 1, target * 2 - 1)
 
 
+def _mse(ctx, out, sketch, style, target, third=None):
+    return (out - target).pow(2).flatten(1).mean(1)
+
+
+def _counts(rows: dict, opts: dict) -> dict:
+    return {"n_generated": len(rows["inception_fake"]), "n_reference": len(rows["inception_real"]),
+            "reference_cached": opts["reference_cached"]}  # fmt: skip
+
+
+def _fid(rows: dict, opts: dict) -> dict:
+    real, fake = rows["inception_real"], rows["inception_fake"]
+    out = {"value": M.fid_from_features(real, fake), **_counts(rows, opts)}
+    if opts["bootstrap"]:
+        out["bootstrap_std"] = M.bootstrap_spread(real, fake, M.fid_from_features, opts["bootstrap"], opts["seed"])
+    return out
+
+
+def _kid(rows: dict, opts: dict) -> dict:
+    real, fake, seed = rows["inception_real"], rows["inception_fake"], opts["seed"]
+    mean, std, subset = M.kid_from_features(real, fake, seed=seed)
+    out = {"value": mean, "subset_size": subset, **_counts(rows, opts)}
+    if subset < min(len(real), len(fake)):  # with one subset of everything a std means nothing
+        out["std"] = std
+    if opts["bootstrap"]:
+
+        def kid(r, f):  # fewer subsets per resample: the resampling is the spread
+            return M.kid_from_features(r, f, subsets=10, seed=seed)[0]
+
+        out["bootstrap_std"] = M.bootstrap_spread(real, fake, kid, opts["bootstrap"], seed)
+    return out
+
+
+def _skt_rec_report(rows: dict, opts: dict) -> dict:
+    return {**summary(rows["skt_rec"]), "real_images": rows["sketch_floor"].mean().item()}
+
+
+
 for _m in [
-    Metric("fid", "mismatched", "lower", "Fréchet Inception distance, outputs vs real held-out images"),
-    Metric("kid", "mismatched", "lower", "kernel Inception distance (not ×1000), mean ± std over subsets of ≤ 1000"),
+    Metric("fid", "mismatched", "lower", "Fréchet Inception distance, outputs vs real held-out images",
+           collects=("inception_fake", "inception_real"), reduce=_fid),  # fmt: skip
+    Metric("kid", "mismatched", "lower", "kernel Inception distance (not ×1000), mean ± std over subsets of ≤ 1000",
+           collects=("inception_fake", "inception_real"), reduce=_kid),  # fmt: skip
     Metric("sr", "mismatched", "higher", "style relevance: cosine of VGG relu1_2/relu2_2 channel mean & std", _sr),
     Metric("sty_rec", "mismatched", "higher", "cosine of E_style(style image) and E_style(output)", _sty_rec),
     Metric(
@@ -94,6 +159,8 @@ for _m in [
         "lower",
         "mean absolute difference: input sketch vs TOM's sketch of the output",
         _skt_rec,
+        collects=("sketch_floor",),
+        reduce=_skt_rec_report,
     ),  # fmt: skip
     Metric(
         "style_follow",
@@ -108,6 +175,7 @@ for _m in [
         "lower",
         "correlation of TOM(output) with TOM(style image) minus with TOM(an unrelated image)",
         _content_leak,
+        third_image=True,
     ),
     Metric(
         "style_sensitivity",
@@ -115,16 +183,19 @@ for _m in [
         "higher",
         "mean |G(s, y_a) - G(s, y_b)|: how much the output changes between two styles",
         _style_sensitivity,
+        third_image=True,
     ),
     Metric(
         "vgg_perceptual", "paired", "lower", "VGG-19 perceptual distance to the real image (not LPIPS)", _perceptual
     ),
     Metric("psnr", "paired", "higher", "PSNR (dB) of the reconstruction", _psnr),
+    Metric("mse", "paired", "lower", "mean squared error of the reconstruction (pixels in [0, 1])", _mse),
     Metric("ssim", "paired", "higher", "SSIM of the reconstruction", _ssim),
     Metric("lpips", "paired", "lower", "LPIPS (AlexNet); needs torchvision's AlexNet weights on disk", _lpips),
 ]:
     register(_m)
 
+assert all(c in COLLECTORS for m in REGISTRY.values() for c in m.collects), "a metric collects an unknown row"
 assert set(DEFAULT_METRICS) <= set(REGISTRY), "options.DEFAULT_METRICS names an unregistered metric"
 
 

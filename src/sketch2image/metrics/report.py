@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -10,9 +9,7 @@ from pathlib import Path
 import torch
 
 from sketch2image.errors import InputError
-from sketch2image.storage import EVAL_REPORT_FORMAT, atomic_write_json, atomic_write_text
-
-REPORT_FORMAT = EVAL_REPORT_FORMAT
+from sketch2image.storage import EVAL_REPORT_FORMAT, atomic_write_json, atomic_write_text, read_document
 
 
 def machine_description() -> dict:
@@ -58,13 +55,7 @@ def write_report(report: dict, json_path: Path, md_path: Path | None = None, tit
 
 def read_report(path: Path) -> dict:
     """An ``s2i eval`` report, checked to be one."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: unreadable evaluation report ({e})") from e
-    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT or "metrics" not in report:
-        raise InputError(f"{path}: not an `s2i eval` report (expected format {REPORT_FORMAT})")
-    return report
+    return read_document(path, (EVAL_REPORT_FORMAT,), "`s2i eval` report", keys=("metrics",), error=InputError)
 
 
 def card_metrics(report: dict) -> dict[str, str]:

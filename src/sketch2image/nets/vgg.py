@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sketch2image.errors import WeightsError
+from sketch2image.storage import VGG_SUBSET_FORMAT, check_format
 from sketch2image.weights import VGG19_NORMALISED, VGG19_NORMALISED_LAYERS, WeightSpec, file_sha256, resolve
 
 # (name, in_channels, out_channels); "pool" marks a 2×2 max-pool. Stops at conv5_1: no stage
@@ -148,7 +149,6 @@ def load_normalised_vgg(path: str | os.PathLike | None = None, spec: WeightSpec 
     return enc.freeze()
 
 
-VGG_SUBSET_FORMAT = "sketch2image.vgg_subset/1"
 
 
 def layer_sha256(weight: torch.Tensor, bias: torch.Tensor) -> str:
@@ -188,9 +188,10 @@ def load_vgg_subset(path: str | os.PathLike) -> VGGEncoder:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: unreadable safetensors file ({e})") from e
+    check_format(path, meta.get("format"), (VGG_SUBSET_FORMAT,), "VGG subset file", WeightsError)
     upto = meta.get("upto", "")
-    if meta.get("format") != VGG_SUBSET_FORMAT or upto not in LAYER_NAMES:
-        raise WeightsError(f"{path}: not a sketch2image VGG subset file (format {meta.get('format')!r})")
+    if upto not in LAYER_NAMES:
+        raise WeightsError(f"{path}: a VGG subset file up to an unknown layer {upto!r}")
     enc = VGGEncoder(padding_mode="reflect", upto=upto)
     for name, conv in [("prep", enc.prep), *enc.convs.items()]:
         w, b = tensors.get(f"{name}.weight"), tensors.get(f"{name}.bias")

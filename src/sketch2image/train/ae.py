@@ -37,7 +37,7 @@ from sketch2image.losses import (
     uniform_prediction_loss,
 )
 from sketch2image.nets.autoencoder import SketchAutoEncoder
-from sketch2image.storage import atomic_write_json
+from sketch2image.storage import write_run_info
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.common import adam, due, make_accelerator, prepare_run_dir, run_steps, seed_everything, speed_up
 from sketch2image.train.distributed import check_shared, gather, load_pairs, local_rows
@@ -441,9 +441,7 @@ def train_ae(cfg: AEConfig, manifest: Path, run_dir: Path, *, resume: bool = Tru
     check_memory("AE", need, acc.device, MEMORY_ADVICE)  # fmt: skip
     if acc.is_main_process:
         prepare_run_dir(run_dir, cfg, resume)
-        atomic_write_json(
-            run_dir / "run.json", {"data": str(Path(manifest).resolve()), "n_images": len(data), "k_sketches": data.k}
-        )
+        write_run_info(run_dir, "ae", data=Path(manifest), n_images=len(data), k_sketches=data.k)
     acc.wait_for_everyone()
     check_shared(acc, run_dir)
     seed_everything(cfg.seed)

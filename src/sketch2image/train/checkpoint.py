@@ -26,7 +26,7 @@ from sketch2image.storage import (
     atomic_write_text,
     load_tensors,
     load_weights,
-    read_json,
+    read_document,
     refuse_non_finite,
     save_tensors,
 )
@@ -138,10 +138,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    meta = read_json(path / "meta.json", "checkpoint metadata")
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise CheckpointError(f"{path}: checkpoint format {found!r}, this version reads {CHECKPOINT_FORMAT!r}")
+    meta = read_document(path / "meta.json", (CHECKPOINT_FORMAT,), "checkpoint description")
     return load_tensors(path / "state.safetensors"), meta
 
 

@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 
 from sketch2image.errors import S2IError
-from sketch2image.storage import atomic_write_json, from_dict, to_dict
+from sketch2image.storage import atomic_write_json, load_config, to_dict
 from sketch2image.train import checkpoint as ckpt
 
 
@@ -54,7 +54,7 @@ def prepare_run_dir(run_dir: Path, cfg: Any, resume: bool, mutable: tuple[str, .
     if cfg_path.exists():
         if not resume:
             raise S2IError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
-        old = from_dict(type(cfg), json.loads(cfg_path.read_text()), str(cfg_path))
+        old = load_config(type(cfg), cfg_path)
         new_d, old_d = to_dict(cfg), to_dict(old)
         diff = sorted(k for k in new_d if new_d[k] != old_d[k] and k not in mutable)
         if diff:

@@ -23,7 +23,7 @@ from sketch2image.figures import save_grid
 from sketch2image.losses import d_loss, g_adv_loss, refiner_rec
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.refiner import PatchDiscriminator, Refiner
-from sketch2image.storage import atomic_write_json
+from sketch2image.storage import write_run_info
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.common import (
     adam,
@@ -163,10 +163,7 @@ def train_gan(
     check_memory("GAN", need, acc.device, MEMORY_ADVICE)  # fmt: skip
     if acc.is_main_process:
         prepare_run_dir(run_dir, cfg, resume)
-        atomic_write_json(
-            run_dir / "run.json",
-            {"ae": str(Path(ae_run).resolve()), "data": str(Path(manifest).resolve()), "n_images": len(data)},
-        )
+        write_run_info(run_dir, "gan", ae=Path(ae_run), data=Path(manifest), n_images=len(data))
     acc.wait_for_everyone()
     check_shared(acc, run_dir)
     seed_everything(cfg.seed)

@@ -30,7 +30,7 @@ from sketch2image.losses import adain, d_loss, g_adv_loss, gram, mean_std
 from sketch2image.nets.tom import GramDiscriminator, SketchGenerator, count_parameters
 from sketch2image.nets.vgg import VGGEncoder, load_vgg
 from sketch2image.sketcher import save_snapshot
-from sketch2image.storage import atomic_write_json
+from sketch2image.storage import write_run_info
 from sketch2image.train import checkpoint as ckpt
 from sketch2image.train.common import (
     adam,
@@ -226,15 +226,8 @@ def train_tom(
         raise InputError(f"{sketches}: TOM needs at least 2 real sketches, found {len(real)}")
     if acc.is_main_process:
         prepare_run_dir(run_dir, cfg, resume)
-        atomic_write_json(
-            run_dir / "run.json",
-            {
-                "images": str(Path(images).resolve()),
-                "sketches": str(Path(sketches).resolve()),
-                "n_images": len(dataset),
-                "n_sketches": len(real),
-            },
-        )
+        write_run_info(run_dir, "tom", images=Path(images), sketches=Path(sketches), n_images=len(dataset),
+                       n_sketches=len(real))  # fmt: skip
     acc.wait_for_everyone()
     check_shared(acc, run_dir)
     seed_everything(cfg.seed)
