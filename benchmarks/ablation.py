@@ -124,11 +124,15 @@ def resume(trainer: AETrainer, work: Path, settings: dict) -> tuple[list[dict], 
     saved = json.loads(progress.read_text())
     path = work / "checkpoints" / f"step_{saved['step']:07d}"
     same = _but_budget(saved.get("settings", {})) == _but_budget(settings)
-    if not same or saved["step"] >= settings["steps"] or not (path / "meta.json").is_file():
+    if not same or saved["step"] > settings["steps"] or not (path / "meta.json").is_file():
         return [], 0.0, 1
     trainer.load_state(*load_checkpoint(path), str(path))
     print(f"  resumed at step {saved['step']} from {path}", flush=True)
-    return saved["curve"], saved["train_s"], saved["step"] + 1
+    curve = saved["curve"]
+    if saved["step"] < settings["steps"]:  # extended: the old end is an ordinary point of the longer curve, or none
+        curve = [{k: v for k, v in row.items() if not k.endswith("_bootstrap_std")} for row in curve
+                 if row["step"] % settings["eval_every"] == 0]  # fmt: skip
+    return curve, saved["train_s"], saved["step"] + 1
 
 
 def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, torch.Tensor], seed: int,

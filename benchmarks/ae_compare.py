@@ -40,7 +40,8 @@ def main() -> None:
         model = SketchAutoEncoder.from_pretrained(run)
         _, x, s = load_held_out(images, lines, model.cfg.size)
         report = evaluate(Sketch2Image(model), x, s, ["mse", "psnr"], refine=False, progress=False)["metrics"]
-        held_out = {"n": report["mse"]["n"], "mse": report["mse"]["value"], "psnr_db": report["psnr"]["value"]}
+        mse = report["mse"]["value"]
+        held_out = {"n": report["mse"]["n"], "mse": mse, "psnr_db": report["psnr"]["value"], "rmse": mse**0.5}
         results[name] = {"run": run, "config": json.loads((Path(run) / "config.json").read_text()),
                          "held_out": held_out}  # fmt: skip
         ids, x, s = load_pairs_by_id(images, lines, model.cfg.size)

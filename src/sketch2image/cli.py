@@ -206,6 +206,7 @@ def _cmd_mix(args: argparse.Namespace) -> int:
 
 
 def _cmd_transfer(args: argparse.Namespace) -> int:
+    from sketch2image.data.images import open_rgb
     from sketch2image.errors import InputError
     from sketch2image.pipeline import Sketch2Image
 
@@ -214,11 +215,12 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
     write = _writer(args.out, len(contents), "content images' outputs")
     write_sketch = _writer(args.sketch_out, len(contents), "content images' sketches") if args.sketch_out else None
     errors = "raise" if len(contents) == 1 else "skip"
+    style = open_rgb(args.style)  # once for every batch; unreadable: an error before anything is written
     skipped = []
     for start in range(0, len(contents), args.batch_size):  # a folder streams: batch by batch, written as done
         part = contents[start : start + args.batch_size]
         # The noise of output i comes from seed + i, i counted over the whole folder.
-        out = model.transfer(part, Path(args.style), snapshot=args.snapshot, refine=not args.no_refine,
+        out = model.transfer(part, style, snapshot=args.snapshot, refine=not args.no_refine,
                              errors=errors, seed=args.seed + start)  # fmt: skip
         for path, img, sk, sid in zip(part, out.images, out.sketches, ids[start:], strict=False):
             if img is None:

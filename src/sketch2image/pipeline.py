@@ -290,6 +290,8 @@ class Sketch2Image:
         pictures; None: the global random state). ``batch_size``: pairs painted at once (None: all).
         """
         sketches, styles = listify(sketch), listify(style)
+        if not sketches:
+            raise InputError("no sketches given")
         if len(sketches) != len(styles) and 1 not in (len(sketches), len(styles)):
             raise InputError(f"{len(sketches)} sketches and {len(styles)} styles: give equal numbers or one")
         sk, shapes = self.processor.sketches(sketches, errors, stroke)
@@ -351,6 +353,8 @@ class Sketch2Image:
         if self.tom is None:
             raise CheckpointError("this model folder has no tom/ snapshots, which style transfer needs")
         contents, style_items = listify(content), listify(style)
+        if not contents:
+            raise InputError("no content images given")
         if len(style_items) not in (1, len(contents)):
             raise InputError(f"{len(contents)} content images and {len(style_items)} styles: give equal numbers or one")
         ct = self.processor.styles(contents, errors)

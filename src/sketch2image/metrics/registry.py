@@ -145,12 +145,23 @@ def _skt_rec_report(rows: dict, opts: dict) -> dict:
     return {**summary(rows["skt_rec"]), "real_images": rows["sketch_floor"].mean().item()}
 
 
-
 for _m in [
-    Metric("fid", "mismatched", "lower", "Fréchet Inception distance, outputs vs real held-out images",
-           collects=("inception_fake", "inception_real"), reduce=_fid),  # fmt: skip
-    Metric("kid", "mismatched", "lower", "kernel Inception distance (not ×1000), mean ± std over subsets of ≤ 1000",
-           collects=("inception_fake", "inception_real"), reduce=_kid),  # fmt: skip
+    Metric(
+        "fid",
+        "mismatched",
+        "lower",
+        "Fréchet Inception distance, outputs vs real held-out images",
+        collects=("inception_fake", "inception_real"),
+        reduce=_fid,
+    ),
+    Metric(
+        "kid",
+        "mismatched",
+        "lower",
+        "kernel Inception distance (not ×1000), mean ± std over subsets of ≤ 1000",
+        collects=("inception_fake", "inception_real"),
+        reduce=_kid,
+    ),
     Metric("sr", "mismatched", "higher", "style relevance: cosine of VGG relu1_2/relu2_2 channel mean & std", _sr),
     Metric("sty_rec", "mismatched", "higher", "cosine of E_style(style image) and E_style(output)", _sty_rec),
     Metric(
@@ -161,7 +172,7 @@ for _m in [
         _skt_rec,
         collects=("sketch_floor",),
         reduce=_skt_rec_report,
-    ),  # fmt: skip
+    ),
     Metric(
         "style_follow",
         "mismatched",

@@ -149,8 +149,6 @@ def load_normalised_vgg(path: str | os.PathLike | None = None, spec: WeightSpec 
     return enc.freeze()
 
 
-
-
 def layer_sha256(weight: torch.Tensor, bias: torch.Tensor) -> str:
     """sha256 of one layer's float32 weight and bias bytes (how a VGG subset file is verified)."""
     h = hashlib.sha256()
