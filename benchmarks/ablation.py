@@ -17,7 +17,8 @@ reconstruction for the perceptual distance and PSNR). The auto-encoder output is
 Writes results/<name>.json (every variant's curve per seed), results/<name>.md (the final table:
 means over seeds, the spread between seeds, and the bootstrap spread of FID/KID over the held-out
 set) and results/<name>.png (FID and perceptual distance against steps). Each finished variant
-and seed is stored as it completes (results/ablation_parts/, committed), keyed by the settings and
+and seed is stored as it completes (results/ablation_parts/, committed, with a picture of what its final
+model paints in results/ablation_grids/), keyed by the settings and
 a sha256 of the training and held-out pixels: an interrupted run continues, and a later session
 adds variants or seeds to the same table only if it trains on the same data (regenerated with the
 same ``quality.py`` command, or a different fingerprint and every variant reruns). Within a row, the
@@ -43,7 +44,8 @@ from common import setup
 
 from sketch2image.configs import AEConfig
 from sketch2image.data.paired import PairedData, PairedFiles
-from sketch2image.metrics.evaluate import evaluate, held_out_dirs, load_held_out
+from sketch2image.figures import save_grid
+from sketch2image.metrics.evaluate import derangement, evaluate, held_out_dirs, load_held_out
 from sketch2image.pipeline import Sketch2Image
 from sketch2image.sketcher import TOMSketcher
 from sketch2image.storage import atomic_write_json
@@ -94,6 +96,7 @@ TABLE = [("fid", "FID ↓", 2), ("kid", "KID ↓", 4), ("style_follow", "style f
 PROTOCOL = 2
 NEED_TOM = ("skt_rec", "content_leak")
 PARTS = Path(__file__).parent / "results" / "ablation_parts"
+GRIDS = Path(__file__).parent / "results" / "ablation_grids"  # each row's final model on 8 held-out pairs
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:
@@ -173,6 +176,8 @@ def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, tor
             atomic_write_json(work / "progress.json",
                               {"settings": settings, "step": step, "curve": curve, "train_s": t_train})  # fmt: skip
     trainer.feed.close()
+    model = Sketch2Image(copy.deepcopy(trainer.acc.unwrap_model(trainer.model)))
+    sample_grid(model, held, GRIDS / f"{args.name}__{name}__s{seed}.png", args.seed)
     return {
         "variant": name,
         "seed": seed,
@@ -184,6 +189,20 @@ def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, tor
         "curve": curve,
         "n_test": len(held[0]),
     }
+
+
+def sample_grid(model: Sketch2Image, held: tuple[torch.Tensor, torch.Tensor], path: Path, seed: int = 0,
+                n: int = 8) -> Path:  # fmt: skip
+    """What a row's final model paints, to look at beside its numbers: rows are the held-out sketches, their
+    own images, the model's reconstruction (own image as style), then a mismatched style image (the
+    evaluation's derangement) and the model's output in it. The same held-out pairs for every row."""
+    x, s = held
+    pick = torch.linspace(0, len(x) - 1, n).long()
+    other = derangement(len(x), seed)[pick]
+    with torch.inference_mode():
+        own = model.decode(s[pick], model.style_vectors(x[pick]), refine=False)
+        swapped = model.decode(s[pick], model.style_vectors(x[other]), refine=False)
+    return save_grid(path, [s[pick], x[pick], own, x[other], swapped])
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -286,6 +305,7 @@ def main() -> None:
     settings["data_sha256"] = fingerprint(data.images, data.sketches, x, s)
     print(f"ablation: {len(data)} training images x {data.k} sketches, {len(x)} held-out pairs, {settings}")
     PARTS.mkdir(parents=True, exist_ok=True)
+    GRIDS.mkdir(parents=True, exist_ok=True)
     results = []
     for name in names:
         for seed in args.seeds:
