@@ -17,8 +17,8 @@ reconstruction for the perceptual distance and PSNR). The auto-encoder output is
 Writes results/<name>.json (every variant's curve per seed), results/<name>.md (the final table:
 means over seeds, the spread between seeds, and the bootstrap spread of FID/KID over the held-out
 set) and results/<name>.png (FID and perceptual distance against steps). Each finished variant
-and seed is stored as it completes (results/ablation_parts/, committed, with a picture of what its final
-model paints in results/ablation_grids/), keyed by the settings and
+and seed is stored as it completes (results/ablation_parts/, committed; a picture of what its final model
+paints goes to <--work>/grids/, not committed: it shows held-out images), keyed by the settings and
 a sha256 of the training and held-out pixels: an interrupted run continues, and a later session
 adds variants or seeds to the same table only if it trains on the same data (regenerated with the
 same ``quality.py`` command, or a different fingerprint and every variant reruns). Within a row, the
@@ -96,7 +96,6 @@ TABLE = [("fid", "FID ↓", 2), ("kid", "KID ↓", 4), ("style_follow", "style f
 PROTOCOL = 2
 NEED_TOM = ("skt_rec", "content_leak")
 PARTS = Path(__file__).parent / "results" / "ablation_parts"
-GRIDS = Path(__file__).parent / "results" / "ablation_grids"  # each row's final model on 8 held-out pairs
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:
@@ -177,7 +176,10 @@ def run_variant(name: str, args, data: PairedData, held: tuple[torch.Tensor, tor
                               {"settings": settings, "step": step, "curve": curve, "train_s": t_train})  # fmt: skip
     trainer.feed.close()
     model = Sketch2Image(copy.deepcopy(trainer.acc.unwrap_model(trainer.model)))
-    sample_grid(model, held, GRIDS / f"{args.name}__{name}__s{seed}.png", args.seed)
+    # Beside the work folders, not in results/: the pictures show the held-out images, which may be research-only.
+    grids = Path(args.work) / "grids"
+    grids.mkdir(parents=True, exist_ok=True)
+    sample_grid(model, held, grids / f"{args.name}__{name}__s{seed}.png", args.seed)
     return {
         "variant": name,
         "seed": seed,
@@ -305,7 +307,6 @@ def main() -> None:
     settings["data_sha256"] = fingerprint(data.images, data.sketches, x, s)
     print(f"ablation: {len(data)} training images x {data.k} sketches, {len(x)} held-out pairs, {settings}")
     PARTS.mkdir(parents=True, exist_ok=True)
-    GRIDS.mkdir(parents=True, exist_ok=True)
     results = []
     for name in names:
         for seed in args.seeds:
