@@ -322,7 +322,8 @@ def main() -> None:
             part.write_text(json.dumps({"settings": settings, "result": res}, indent=2) + "\n")
             results.append(res)
     out = Path(__file__).parent / "results"
-    command = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python " + " ".join(sys.argv)
+    env = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"
+    command = f"{env} .venv/bin/python benchmarks/ablation.py " + " ".join(sys.argv[1:])  # wherever it ran from
     payload = {"command": command, "machine": machine, "settings": settings, "n_train": len(data),
                "n_test": len(x), "metrics": METRICS, "results": results}  # fmt: skip
     (out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
