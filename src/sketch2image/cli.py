@@ -123,10 +123,9 @@ def _writer(out: str, n: int, what: str = "outputs"):
     else ``out/<name>.png``; a file name for several outputs is refused before anything is computed."""
     from sketch2image.errors import InputError
 
-    if n > 1 and _out_is_file(out):
-        raise InputError(f"{out}: {n} {what} need a folder, not a file name")
-
     single = _out_is_file(out)
+    if n > 1 and single:
+        raise InputError(f"{out}: {n} {what} need a folder, not a file name")
 
     def write(images, name: str) -> None:
         _save_images(images, [Path(out) if single else Path(out) / f"{name}.png"])
@@ -222,7 +221,7 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
         # The noise of output i comes from seed + i, i counted over the whole folder.
         out = model.transfer(part, style, snapshot=args.snapshot, refine=not args.no_refine,
                              errors=errors, seed=args.seed + start)  # fmt: skip
-        for path, img, sk, sid in zip(part, out.images, out.sketches, ids[start:], strict=False):
+        for path, img, sk, sid in zip(part, out.images, out.sketches, ids[start : start + len(part)], strict=True):
             if img is None:
                 skipped.append(str(path))
                 continue

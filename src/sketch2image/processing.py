@@ -20,7 +20,6 @@ from PIL import Image
 from sketch2image.data.images import as_rgb, open_rgb, resize_square, to_tensor
 from sketch2image.data.strokes import MODES, content_box, default_stroke_width, normalise_strokes
 from sketch2image.errors import InputError
-from sketch2image.options import FITS
 
 ERRORS = ("raise", "skip")
 log = logging.getLogger("sketch2image")
@@ -103,8 +102,6 @@ def stitch(styles: torch.Tensor) -> torch.Tensor:
 def fit_output(image: torch.Tensor, shape: Shape | None, fit: str) -> torch.Tensor:
     """A (3, size, size) output cut to the (H, W) sketch's aspect ratio (``crop``), also resized to
     (H, W) with LANCZOS (``original``), or left as the model's square (``square``)."""
-    if fit not in FITS:
-        raise InputError(f"fit={fit!r} must be one of {FITS}")
     if fit == "square" or shape is None:
         return image
     top, left, hh, ww = content_box(shape, image.shape[-1])
