@@ -19,9 +19,11 @@ means over seeds, the spread between seeds, and the bootstrap spread of FID/KID 
 set) and results/<name>.png (FID and perceptual distance against steps). Each finished variant
 and seed is stored as it completes (results/ablation_parts/, committed; a picture of what its final model
 paints goes to <--work>/grids/, not committed: it shows held-out images), keyed by the settings and
-a sha256 of the training and held-out pixels: an interrupted run continues, and a later session
-adds variants or seeds to the same table only if it trains on the same data (regenerated with the
-same ``quality.py`` command, or a different fingerprint and every variant reruns). Within a row, the
+a sha256 of the training and held-out pixels (its first 8 digits in the file name): an interrupted run
+continues, and a later session adds variants or seeds to the same table only if it trains on the same
+data. The same ``quality.py`` command regenerates the same data only on the same kind of CPU: TOM's
+training differs in the last bits between kernel sets (AVX2, AVX-512), and so do its sketches; rows of
+other data stay stored beside them, and each table gathers only the rows of its own data. Within a row, the
 trainer's state is saved at every evaluation (``--work``, default runs/ablation_work/): a row that was
 cut off goes on from its last evaluation when the same command runs again, and a finished row's last
 state is kept, so a longer ``--steps`` (all else equal) extends it instead of starting over: the
@@ -107,6 +109,13 @@ def fingerprint(*tensors: torch.Tensor) -> str:
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def part_path(table: str, name: str, seed: int, settings: dict) -> Path:
+    """A finished row, named by its data too: TOM's training is not bit-reproducible across CPU kernel sets
+    (AVX2 and AVX-512 machines train different TOMs, hence different sketches), so rows made on different
+    data are kept side by side and a table only ever gathers the rows of its own data."""
+    return PARTS / f"{table}__{name}__s{seed}__{settings['data_sha256'][:8]}.json"
 
 
 def work_dir(args, name: str, seed: int) -> Path:
@@ -310,7 +319,7 @@ def main() -> None:
     results = []
     for name in names:
         for seed in args.seeds:
-            part = PARTS / f"{args.name}__{name}__s{seed}.json"
+            part = part_path(args.name, name, seed, settings)
             if part.is_file() and not args.fresh:
                 stored = json.loads(part.read_text())
                 if stored.get("settings") == settings:
@@ -319,7 +328,7 @@ def main() -> None:
                     continue
             print(f"{name} seed {seed}: {VARIANTS[name][2]}", flush=True)
             res = run_variant(name, args, data, (x, s), seed, settings)
-            part.write_text(json.dumps({"settings": settings, "result": res}, indent=2) + "\n")
+            part.write_text(json.dumps({"settings": settings, "machine": machine, "result": res}, indent=2) + "\n")
             results.append(res)
     out = Path(__file__).parent / "results"
     env = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"

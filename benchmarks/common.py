@@ -38,6 +38,8 @@ def cpu_model() -> str:
 def machine(threads: int) -> dict:
     return {
         "cpu": cpu_model(),
+        # the kernels torch picked (AVX2, AVX512, ...): training results differ between them in the last bits
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "threads": threads,
