@@ -28,6 +28,8 @@ trainer's state is saved at every evaluation (``--work``, default runs/ablation_
 cut off goes on from its last evaluation when the same command runs again, and a finished row's last
 state is kept, so a longer ``--steps`` (all else equal) extends it instead of starting over: the
 training has no schedule tied to the budget, so steps 1..N of a longer run are those of the shorter one.
+``--name N --from-parts DATA`` rebuilds N's three files from its stored rows on that data alone (rows run
+one at a time, or on different machines that reproduce the same data, make one table).
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ TABLE = [("fid", "FID ↓", 2), ("kid", "KID ↓", 4), ("style_follow", "style f
 PROTOCOL = 2
 NEED_TOM = ("skt_rec", "content_leak")
 PARTS = Path(__file__).parent / "results" / "ablation_parts"
+ENV = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"  # the allocator the timings are taken under
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:
@@ -272,7 +275,7 @@ def table(results: list[dict], header: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--manifest", required=True, help="TOM sketch manifest of the training images")
+    ap.add_argument("--manifest", help="TOM sketch manifest of the training images")
     ap.add_argument("--data", help="data folder with the held-out split (or --images and --sketches)")
     ap.add_argument("--images", help="held-out images (e.g. a quality.py work folder's data/images/test)")
     ap.add_argument("--sketches", help="their sketches, same relative names (e.g. its test_sketches/s00)")
@@ -292,7 +295,17 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="ignore stored variant results and interrupted rows")
     ap.add_argument("--work", default="runs/ablation_work", help="rows' trainer states (resumed, extended)")
     ap.add_argument("--tom", help="TOM run folder (quality.py's W/tom): Skt-Rec and content leak need it")
+    ap.add_argument(
+        "--from-parts",
+        metavar="DATA",
+        help="only rebuild --name's table from its stored rows on "
+        "this data fingerprint (its first 8 hex digits or more); nothing is trained",
+    )
     args = ap.parse_args()
+    if args.from_parts:
+        return gather(args.name, args.from_parts)
+    if not args.manifest:
+        sys.exit("give --manifest (or --from-parts DATA to rebuild a table from its stored rows)")
     args.tom_model = TOMSketcher.from_pretrained(args.tom) if args.tom else None
     if args.eval_every < 1 or args.steps < 1:
         sys.exit(f"--steps {args.steps} and --eval-every {args.eval_every} must be >= 1")
@@ -328,22 +341,49 @@ def main() -> None:
                     continue
             print(f"{name} seed {seed}: {VARIANTS[name][2]}", flush=True)
             res = run_variant(name, args, data, (x, s), seed, settings)
-            part.write_text(json.dumps({"settings": settings, "machine": machine, "result": res}, indent=2) + "\n")
+            row = {"settings": settings, "machine": machine, "n_train": len(data), "result": res}
+            part.write_text(json.dumps(row, indent=2) + "\n")
             results.append(res)
+    command = f"{ENV} .venv/bin/python benchmarks/ablation.py " + " ".join(sys.argv[1:])  # wherever it ran from
+    write_tables(args.name, command, machine, settings, len(data), results)
+
+
+def write_tables(name: str, command: str, machine: dict, settings: dict, n_train: int, results: list[dict]) -> None:
+    """results/<name>.{json,md,png} from finished rows (all of one data set and one set of settings)."""
     out = Path(__file__).parent / "results"
-    env = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"
-    command = f"{env} .venv/bin/python benchmarks/ablation.py " + " ".join(sys.argv[1:])  # wherever it ran from
-    payload = {"command": command, "machine": machine, "settings": settings, "n_train": len(data),
-               "n_test": len(x), "metrics": METRICS, "results": results}  # fmt: skip
-    (out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    n_test = results[0]["n_test"]
+    seeds = sorted({r["seed"] for r in results})
+    payload = {"command": command, "machine": machine, "settings": settings, "n_train": n_train,
+               "n_test": n_test, "metrics": METRICS, "results": results}  # fmt: skip
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     header = (
-        f"# {args.name} (auto-encoder output, {args.steps} steps each, batch {args.batch_size}, {args.size} px; "
-        f"{len(data)} training images; held-out {len(x)} images, FID/KID on {len(x)} generated vs {len(x)} real; "
-        f"seeds {args.seeds})"
+        f"# {name} (auto-encoder output, {settings['steps']} steps each, batch {settings['batch_size']}, "
+        f"{settings['size']} px; {n_train} training images; held-out {n_test} images, FID/KID on {n_test} "
+        f"generated vs {n_test} real; seeds {seeds}; data {settings['data_sha256'][:8]})"
     )
-    (out / f"{args.name}.md").write_text(table(results, header))
-    plot(results, out / f"{args.name}.png")
-    print((out / f"{args.name}.md").read_text())
+    (out / f"{name}.md").write_text(table(results, header))
+    plot(results, out / f"{name}.png")
+    print((out / f"{name}.md").read_text())
+
+
+def gather(name: str, data: str) -> None:
+    """Rebuild a table from its stored rows alone (no data, no training): every part of ``name`` whose data
+    fingerprint starts with ``data``, in variant order, then seed order. Rows of other settings are refused."""
+    rows = [(p, json.loads(p.read_text())) for p in sorted(PARTS.glob(f"{name}__*__s*__{data[:8]}.json"))]
+    rows = [(p, d) for p, d in rows if d["settings"]["data_sha256"].startswith(data)]
+    if not rows:
+        sys.exit(f"no stored rows of {name} on data {data} in {PARTS}")
+    parts, stored = [p for p, _ in rows], [d for _, d in rows]
+    settings = stored[0]["settings"]
+    odd = [p.name for p, d in rows if d["settings"] != settings]
+    if odd:
+        sys.exit(f"rows made with other settings than {parts[0].name}: {odd}")
+    order = list(VARIANTS)
+    stored.sort(key=lambda d: (order.index(d["result"]["variant"]), d["result"]["seed"]))
+    results = [d["result"] for d in stored]
+    command = f"{ENV} .venv/bin/python benchmarks/ablation.py --name {name} --from-parts {data[:8]}"
+    print(f"{name}: {len(parts)} stored rows of data {data[:8]}: " + ", ".join(p.name for p in parts))
+    write_tables(name, command, stored[0]["machine"], settings, stored[0]["n_train"], results)
 
 
 if __name__ == "__main__":
