@@ -273,6 +273,33 @@ def table(results: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+VERDICT = [("fid", "FID", 1), ("vgg_perceptual", "VGG perceptual", 3), ("content_leak", "content leak", 4),
+           ("style_follow", "style follow", 3)]  # fmt: skip
+
+
+def verdicts(results: list[dict]) -> str:
+    """Each variant against the first row (the reference) at the last step: the difference of the means
+    over seeds, and whether it counts, i.e. exceeds twice the spread between seeds (the larger range of
+    final values over the seeds of the two rows). Needs two seeds of both rows."""
+    rows = list(_by_variant(results).values())
+    if len(rows) < 2 or len(rows[0]) < 2:
+        return ""
+    ref = rows[0]
+    lines = [f"Against {ref[0]['label']} (Δ of the means; counts if |Δ| > 2 × the larger seed range):", ""]
+    for runs in rows[1:]:
+        if len(runs) < 2:
+            continue
+        cells = []
+        for key, name, digits in VERDICT:
+            a, b = ([r["curve"][-1][key] for r in rr] for rr in (ref, runs))
+            delta = sum(b) / len(b) - sum(a) / len(a)
+            spread = max(max(a) - min(a), max(b) - min(b))
+            mark = "counts" if abs(delta) > 2 * spread else "within seeds"
+            cells.append(f"{name} {delta:+.{digits}f} (seed range {spread:.{digits}f}: {mark})")
+        lines.append(f"- {runs[0]['label']}: " + "; ".join(cells))
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--manifest", help="TOM sketch manifest of the training images")
@@ -361,7 +388,8 @@ def write_tables(name: str, command: str, machine: dict, settings: dict, n_train
         f"{settings['size']} px; {n_train} training images; held-out {n_test} images, FID/KID on {n_test} "
         f"generated vs {n_test} real; seeds {seeds}; data {settings['data_sha256'][:8]})"
     )
-    (out / f"{name}.md").write_text(table(results, header))
+    verdict = verdicts(results)
+    (out / f"{name}.md").write_text(table(results, header) + (f"\n{verdict}" if verdict else ""))
     plot(results, out / f"{name}.png")
     print((out / f"{name}.md").read_text())
 
