@@ -46,7 +46,7 @@ import torch
 from accelerate import Accelerator
 from common import setup
 
-from sketch2image.configs import AEConfig
+from sketch2image.configs import LOSSES, AEConfig
 from sketch2image.data.paired import PairedData, PairedFiles
 from sketch2image.figures import save_grid
 from sketch2image.metrics.evaluate import derangement, evaluate, held_out_dirs, load_held_out
@@ -57,9 +57,9 @@ from sketch2image.train.ae import AETrainer
 from sketch2image.train.checkpoint import load_checkpoint, save_checkpoint
 from sketch2image.train.common import seed_everything
 
-SSL_OFF = {"w_style_triplet": 0.0, "w_content_triplet": 0.0, "w_style_cls": 0.0, "w_content_mi": 0.0}
-ON = {k: getattr(AEConfig(), k) for k in SSL_OFF}  # each term at its default weight
-# name -> (table, overrides of the all-losses preset, label)
+SSL_OFF = LOSSES["reconstruction"]
+ON = LOSSES["paper"]  # each term at the weight of the paper's loss set
+# name -> (table, overrides of the default (reconstruction-only) preset, label)
 VARIANTS: dict[str, tuple[str, dict, str]] = {
     "vanilla": ("losses", {**SSL_OFF, "dmi": "none"}, "vanilla AE (reconstruction only, no DMI)"),
     "vanilla_dmi": ("losses", SSL_OFF, "reconstruction only, with Feat-DMI"),
@@ -81,12 +81,16 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
         {**SSL_OFF, "w_style_cls": ON["w_style_cls"], "w_content_mi": ON["w_content_mi"]},
         "+ classification and content MI",
     ),
-    "all": ("all", {}, "all losses, Feat-DMI, multiplicative style (ours)"),
-    "style_hi": ("injection", {"style_min_res": 32}, "all losses, style only on the 32 and 64 px maps (paper-like)"),
-    "dmi_none": ("dmi", {"dmi": "none"}, "all losses, no DMI"),
-    "dmi_sketch": ("dmi", {"dmi": "sketch"}, "all losses, DMI on the sketch"),
-    "inject_adain": ("injection", {"style_injection": "adain"}, "all losses, AdaIN style injection"),
-    "inject_add": ("injection", {"style_injection": "add"}, "all losses, additive style injection"),
+    "all": ("all", ON, "all losses, Feat-DMI, multiplicative style (ours)"),
+    "style_hi": (
+        "injection",
+        {**ON, "style_min_res": 32},
+        "all losses, style only on the 32 and 64 px maps (paper-like)",
+    ),
+    "dmi_none": ("dmi", {**ON, "dmi": "none"}, "all losses, no DMI"),
+    "dmi_sketch": ("dmi", {**ON, "dmi": "sketch"}, "all losses, DMI on the sketch"),
+    "inject_adain": ("injection", {**ON, "style_injection": "adain"}, "all losses, AdaIN style injection"),
+    "inject_add": ("injection", {**ON, "style_injection": "add"}, "all losses, additive style injection"),
 }
 METRICS = ["fid", "kid", "sr", "sty_rec", "skt_rec", "style_follow", "content_leak", "style_sensitivity",
            "vgg_perceptual", "psnr"]  # fmt: skip

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from common import setup
 
-from sketch2image.configs import AEConfig, GANConfig, TOMConfig, apply_overrides, to_dict
+from sketch2image.configs import LOSSES, AEConfig, GANConfig, TOMConfig, apply_overrides, to_dict
 from sketch2image.data.images import scan_images
 from sketch2image.data.openmoji import render_openmoji
 from sketch2image.errors import S2IError
@@ -76,7 +76,7 @@ def build_configs(args: argparse.Namespace) -> dict:
     batch = {} if args.batch_size is None else {"batch_size": args.batch_size}
     cfgs = {
         "tom": replace(tom_config(args.size, args.tom_steps), seed=args.seed, **batch),
-        "ae": AEConfig.preset(args.size, steps=args.ae_steps, seed=args.seed, **batch),
+        "ae": AEConfig.preset(args.size, steps=args.ae_steps, seed=args.seed, **LOSSES[args.losses], **batch),
         "gan": GANConfig(steps=args.gan_steps, seed=args.seed, **batch),
     }
     overrides: dict[str, list[str]] = {s: [] for s in STAGES}
@@ -316,6 +316,8 @@ def main() -> None:
     for s in STAGES:
         ap.add_argument(f"--{s}-minutes", type=float, help=f"wall-clock cap of {s.upper()} (default: --minutes)")
     ap.add_argument("--batch-size", type=int, help="batch of all three stages (default: each config's own)")
+    ap.add_argument("--losses", choices=sorted(LOSSES), default="reconstruction",
+                    help="the AE's loss set, as `s2i ae train --losses` (stored faces/art results: paper)")  # fmt: skip
     ap.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="e.g. ae.w_perceptual=0.1")
     ap.add_argument("--limit", type=int, help="use only the first N images (a smoke run)")
     ap.add_argument("--test-fraction", type=float, default=0.1, help="held-out share of an image folder")

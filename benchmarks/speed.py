@@ -126,7 +126,7 @@ def build(
     stage: str, size: int, batch: int, device: str, precision: str, snapshots: int, sets: list[str] | None = None
 ) -> dict:
     """The function one iteration calls, and what to report about it (params, width, input shapes)."""
-    from sketch2image.configs import AEConfig, GANConfig, TOMConfig
+    from sketch2image.configs import LOSSES, AEConfig, GANConfig, TOMConfig
     from sketch2image.nets.autoencoder import SketchAutoEncoder
     from sketch2image.nets.refiner import Refiner
 
@@ -172,7 +172,9 @@ def build(
             "infer": True,
         }
 
-    acfg = overrides(AEConfig.preset(size, batch_size=max(batch, 2), cls_k=N_IMAGES, mixed_precision=mp), sets, "ae")
+    # The paper's loss set, as the stored results: the dearer one (a second, classification batch per step).
+    acfg = AEConfig.preset(size, batch_size=max(batch, 2), cls_k=N_IMAGES, mixed_precision=mp, **LOSSES["paper"])
+    acfg = overrides(acfg, sets, "ae")
     if stage == "ae-train":
         from sketch2image.train.ae import AETrainer
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from sketch2image.configs import AEConfig, GANConfig, TOMConfig
+from sketch2image.configs import LOSSES, AEConfig, GANConfig, TOMConfig
 from sketch2image.data.paired import PairedData
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 
@@ -26,7 +26,7 @@ def paired(n: int = 12, k: int = 2, size: int = 32) -> PairedData:
 
 def tiny_ae_config() -> AEConfig:
     return AEConfig(size=32, width=8, max_width=32, style_dim=16, content_res=8, batch_size=GLOBAL_BATCH, cls_k=8,
-                    cls_every=2)  # fmt: skip
+                    cls_every=2, **LOSSES["paper"])  # fmt: skip
 
 
 def build(stage: str, acc: Accelerator):

@@ -1,12 +1,13 @@
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
 from torch.nn import functional as F
 
-from sketch2image.configs import AEConfig, to_dict
+from sketch2image.configs import LOSSES, AEConfig, to_dict
 from sketch2image.data.augment import mask_regions, random_affine, thicken
 from sketch2image.data.paired import PairedData, PairedFiles
 from sketch2image.errors import InputError, S2IError
@@ -30,6 +31,7 @@ def tiny(**kw) -> AEConfig:
         sample_every=2,
         checkpoint_every=2,
         log_every=1,
+        **LOSSES["paper"],  # every term, so each test exercises them all
     )
     return AEConfig(**{**base, **kw})
 
@@ -374,6 +376,38 @@ def test_cli_ae_preset_defaults_to_the_manifest_size(tmp_path, paired_manifest):
                  "--set", "width=8", "--set", "max_width=32", "--set", "style_dim=16", "--set", "cls_k=4",
                  "--batch-size", "4"]) == 0  # fmt: skip
     assert json.loads((tmp_path / "ae" / "config.json").read_text())["size"] == 32
+
+
+def test_the_default_ae_is_reconstruction_only_and_the_paper_losses_are_one_option(tmp_path, paired_manifest, capsys):
+    """Default: no self-supervised term (the faces ablation's answer); --losses paper switches all four on; a run
+    resumed without the option goes on with the losses it was started with; resuming with others is refused."""
+    from sketch2image.cli import main
+    from sketch2image.configs import SSL_WEIGHTS
+
+    assert all(getattr(AEConfig(), k) == 0 for k in SSL_WEIGHTS) and not AEConfig().uses_classes
+    assert set(LOSSES["paper"]) == set(SSL_WEIGHTS) and all(v > 0 for v in LOSSES["paper"].values())
+    tiny_args = ["--set", "width=8", "--set", "max_width=32", "--set", "style_dim=16", "--set", "cls_k=4",
+                 "--set", "log_every=1", "--batch-size", "4"]  # fmt: skip
+    common = ["ae", "train", "--data", str(paired_manifest), *tiny_args]
+
+    def weights(run: Path) -> dict:
+        saved = json.loads((run / "config.json").read_text())
+        return {k: saved[k] for k in SSL_WEIGHTS}
+
+    assert main([*common, "--out", str(tmp_path / "rec"), "--steps", "1"]) == 0
+    assert weights(tmp_path / "rec") == LOSSES["reconstruction"]
+    paper = tmp_path / "paper"
+    assert main([*common, "--out", str(paper), "--steps", "1", "--losses", "paper", "--set", "w_style_cls=0.5"]) == 0
+    assert weights(paper) == {**LOSSES["paper"], "w_style_cls": 0.5}  # --set refines the named set
+    assert "style_cls" in json.loads((paper / "log.jsonl").read_text().splitlines()[-1])
+    assert "style_cls" not in json.loads((tmp_path / "rec" / "log.jsonl").read_text().splitlines()[-1])
+    assert main([*common, "--out", str(paper), "--steps", "2", "--resume"]) == 0  # the run's own losses
+    assert [json.loads(line)["step"] for line in (paper / "log.jsonl").read_text().splitlines()] == [1, 2]
+    assert weights(paper) == {**LOSSES["paper"], "w_style_cls": 0.5}
+    capsys.readouterr()
+    assert main([*common, "--out", str(paper), "--steps", "3", "--resume", "--losses", "reconstruction"]) == 2
+    err = capsys.readouterr().err
+    assert "was started with different" in err and "w_content_mi" in err
 
 
 def test_train_resume_and_load(tmp_path, paired_manifest):

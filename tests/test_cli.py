@@ -92,8 +92,9 @@ def test_ctrl_c_mid_run_exits_130_and_the_run_resumes(tmp_path, paired_manifest,
 
     run = tmp_path / "ae"
     args = ["ae", "train", "--data", str(paired_manifest), "--out", str(run), "--preset", "64", "--batch-size", "4",
-            "--steps", "4", *(a for kv in ("width=4", "max_width=32", "style_dim=16", "cls_every=2",
-                                           "checkpoint_every=2") for a in ("--set", kv))]  # fmt: skip
+            "--losses", "paper", "--steps", "4",
+            *(a for kv in ("width=4", "max_width=32", "style_dim=16", "cls_every=2", "checkpoint_every=2")
+              for a in ("--set", kv))]  # fmt: skip
     step = AETrainer.step
 
     def interrupted(self, n):

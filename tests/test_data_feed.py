@@ -108,7 +108,8 @@ def test_two_processes_decode_only_their_rows_and_match_one(tmp_path, paired_man
 
 AE_SETS = ["width=4", "max_width=32", "style_dim=16", "cls_every=2", "checkpoint_every=3", "sample_every=3",
            "num_workers=2", "log_every=1"]  # fmt: skip
-AE_ARGS = ["--preset", "64", "--batch-size", "4", *(a for kv in AE_SETS for a in ("--set", kv))]
+# The paper's losses: the classifier's rounds must travel through a resume too.
+AE_ARGS = ["--preset", "64", "--batch-size", "4", "--losses", "paper", *(a for kv in AE_SETS for a in ("--set", kv))]
 
 
 def test_a_resumed_run_continues_the_same_stream(tmp_path, paired_manifest):

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from sketch2image.cli import main
-from sketch2image.configs import AEConfig, GANConfig, TOMConfig
+from sketch2image.configs import LOSSES, AEConfig, GANConfig, TOMConfig
 from sketch2image.data.ink import BLANK_BELOW, SOLID_ABOVE, InkReport, ink_fraction
 from sketch2image.errors import CheckpointError
 from sketch2image.losses import gram
@@ -327,7 +327,8 @@ def test_three_stages_with_different_precisions_in_one_process(tmp_path, image_d
 
     tom = TOMConfig(size=32, g_width=8, g_max_width=16, d_forms=8, d_hidden=16, batch_size=2, steps=2, warmup=1,
                     snapshot_every=1, snapshots=2, mixed_precision="no")  # fmt: skip
-    ae = AEConfig(size=32, width=8, max_width=32, style_dim=16, batch_size=4, cls_k=4, steps=2, mixed_precision="bf16")
+    ae = AEConfig(size=32, width=8, max_width=32, style_dim=16, batch_size=4, cls_k=4, steps=2, mixed_precision="bf16",
+                  **LOSSES["paper"])  # fmt: skip
     gan = GANConfig(width=8, levels=2, d_width=8, batch_size=2, steps=2, mixed_precision="no")
     train_tom(tom, image_dir, sketch_dir, tmp_path / "tom", progress=False)
     train_ae(ae, paired_manifest, tmp_path / "ae", progress=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from sketch2image.configs import AEConfig, GANConfig, from_dict, to_dict
+from sketch2image.configs import LOSSES, AEConfig, GANConfig, from_dict, to_dict
 from sketch2image.data.paired import PairedData
 from sketch2image.errors import S2IError
 from sketch2image.losses import refiner_rec, uniform_kl, uniform_prediction_loss
@@ -19,7 +19,7 @@ from sketch2image.train.ema import ema_decay_at, ema_update
 
 
 def _tiny_ae(**kw) -> AEConfig:
-    base = dict(size=32, width=8, max_width=32, style_dim=16, content_res=8, batch_size=8, steps=4)
+    base = dict(size=32, width=8, max_width=32, style_dim=16, content_res=8, batch_size=8, steps=4, **LOSSES["paper"])
     return AEConfig(**{**base, **kw})
 
 

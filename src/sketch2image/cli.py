@@ -38,9 +38,20 @@ def _cmd_weights_vgg(args: argparse.Namespace) -> None:
     print(f"VGG-19 layers up to {args.upto}: {args.out} ({size / 1e6:.1f} MB); use it with --set vgg={args.out}")
 
 
-def _config(args: argparse.Namespace, base):
-    """The stage config: ``base`` with every ``--set KEY=VALUE`` and then the named options applied."""
+def _config(args: argparse.Namespace, base, adjust=None):
+    """The stage config: ``base``, changed by ``adjust`` (the command's own coarse options), then every
+    ``--set KEY=VALUE`` and then the named options applied.
+
+    Resuming, the base is the run's own saved config, so a run started under other defaults goes on as
+    it was started; options given now still apply and are checked against it (`prepare_run_dir`)."""
     from sketch2image.configs import apply_overrides
+    from sketch2image.storage import load_config
+
+    saved = Path(args.out) / "config.json"
+    if getattr(args, "resume", False) and saved.is_file():
+        base = load_config(type(base), saved)
+    if adjust is not None:
+        base = adjust(base)
 
     sets = [
         f"{key}={getattr(args, key)}"
@@ -70,7 +81,9 @@ def _cmd_tom_sketch(args: argparse.Namespace) -> None:
 
 
 def _cmd_ae_train(args: argparse.Namespace) -> None:
-    from sketch2image.configs import AE_PRESETS, AEConfig
+    import dataclasses
+
+    from sketch2image.configs import AE_PRESETS, LOSSES, AEConfig
     from sketch2image.data.paired import manifest_size
     from sketch2image.train.ae import train_ae
 
@@ -79,7 +92,12 @@ def _cmd_ae_train(args: argparse.Namespace) -> None:
     else:  # the size the sketches were drawn at, with its preset's widths where there is one
         size = manifest_size(Path(args.data)) or 64
         base = AEConfig.preset(size) if size in AE_PRESETS else AEConfig(size=size)
-    run = train_ae(_config(args, base), Path(args.data), Path(args.out), resume=args.resume)
+
+    def adjust(cfg: AEConfig) -> AEConfig:  # --preset and --losses, before --set (which may refine a weight)
+        cfg = cfg.with_size(args.preset) if args.preset is not None else cfg
+        return dataclasses.replace(cfg, **LOSSES[args.losses]) if args.losses is not None else cfg
+
+    run = train_ae(_config(args, base, adjust), Path(args.data), Path(args.out), resume=args.resume)
     print(f"AE run: {run} (model in {run / 'model'}, samples in {run / 'samples'})")
 
 
@@ -378,7 +396,10 @@ def _training_commands(jobs) -> None:
     at.add_argument("--data", required=True, help="manifest.json written by `s2i tom sketch`")
     at.add_argument("--preset", type=int, help="resolution preset: 64, 128, 256, 512 or 1024 "
                     "(default: the size the sketches were drawn at)")  # fmt: skip
-    _training_args(at, "AEConfig", "--set dmi=sketch --set w_style_cls=0")
+    at.add_argument("--losses", choices=("reconstruction", "paper"),
+                    help="reconstruction (default): reconstruction with Feat-DMI only, the best measured; paper: "
+                    "also the paper's style/content triplets, style classification and content MI")  # fmt: skip
+    _training_args(at, "AEConfig", "--set dmi=sketch --set w_style_cls=0.5")
     at.set_defaults(func=_cmd_ae_train)
 
     gan = jobs.add_parser("gan", help="stage 3: GAN refiner").add_subparsers(dest="what", required=True)
