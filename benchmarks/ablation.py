@@ -46,10 +46,11 @@ import torch
 from accelerate import Accelerator
 from common import setup
 
-from sketch2image.configs import LOSSES, AEConfig
+from sketch2image.configs import AEConfig
 from sketch2image.data.paired import PairedData, PairedFiles
 from sketch2image.figures import save_grid
 from sketch2image.metrics.evaluate import derangement, evaluate, held_out_dirs, load_held_out
+from sketch2image.options import LOSSES
 from sketch2image.pipeline import Sketch2Image
 from sketch2image.sketcher import TOMSketcher
 from sketch2image.storage import atomic_write_json

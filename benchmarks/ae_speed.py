@@ -19,9 +19,10 @@ import torch
 from accelerate import Accelerator
 from common import finish_rows, flops, peak_rss_mb, setup, timed, write
 
-from sketch2image.configs import LOSSES, AEConfig
+from sketch2image.configs import AEConfig
 from sketch2image.data.paired import PairedData
 from sketch2image.nets.autoencoder import SketchAutoEncoder
+from sketch2image.options import LOSSES
 from sketch2image.train.ae import AETrainer
 
 K = 4  # sketches per image in the synthetic paired data

@@ -39,12 +39,13 @@ from pathlib import Path
 import torch
 from common import setup
 
-from sketch2image.configs import LOSSES, AEConfig, GANConfig, TOMConfig, apply_overrides, to_dict
+from sketch2image.configs import AEConfig, GANConfig, TOMConfig, apply_overrides, to_dict
 from sketch2image.data.images import scan_images
 from sketch2image.data.openmoji import render_openmoji
 from sketch2image.errors import S2IError
 from sketch2image.metrics.evaluate import DEFAULT_METRICS, evaluate, held_out_dirs, load_held_out
 from sketch2image.metrics.report import machine_description, report_markdown
+from sketch2image.options import LOSSES
 from sketch2image.pipeline import Sketch2Image
 from sketch2image.sketcher import sketch_folder
 from sketch2image.storage import atomic_write_json

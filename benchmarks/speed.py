@@ -126,9 +126,10 @@ def build(
     stage: str, size: int, batch: int, device: str, precision: str, snapshots: int, sets: list[str] | None = None
 ) -> dict:
     """The function one iteration calls, and what to report about it (params, width, input shapes)."""
-    from sketch2image.configs import LOSSES, AEConfig, GANConfig, TOMConfig
+    from sketch2image.configs import AEConfig, GANConfig, TOMConfig
     from sketch2image.nets.autoencoder import SketchAutoEncoder
     from sketch2image.nets.refiner import Refiner
+    from sketch2image.options import LOSSES
 
     mp = ACCELERATE_PRECISION[precision]
     if stage in ("tom-train", "tom-sketch"):

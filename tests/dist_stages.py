@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from sketch2image.configs import LOSSES, AEConfig, GANConfig, TOMConfig
+from sketch2image.configs import AEConfig, GANConfig, TOMConfig
 from sketch2image.data.paired import PairedData
 from sketch2image.nets.autoencoder import SketchAutoEncoder
+from sketch2image.options import LOSSES
 
 GLOBAL_BATCH = 4
 STEPS = 3

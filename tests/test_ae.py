@@ -7,13 +7,14 @@ import torch
 from accelerate import Accelerator
 from torch.nn import functional as F
 
-from sketch2image.configs import LOSSES, AEConfig, to_dict
+from sketch2image.configs import AEConfig, to_dict
 from sketch2image.data.augment import mask_regions, random_affine, thicken
 from sketch2image.data.paired import PairedData, PairedFiles
 from sketch2image.errors import InputError, S2IError
 from sketch2image.losses import content_triplet, standardise, style_triplet, uniform_kl, uniform_prediction_loss
 from sketch2image.nets.autoencoder import SketchAutoEncoder
 from sketch2image.nets.blocks import DualMaskInjection, StyleInjection
+from sketch2image.options import LOSSES
 from sketch2image.train.ae import AETrainer, train_ae
 
 
@@ -367,14 +368,18 @@ def test_paired_data_loads_at_the_size_the_manifest_records(paired_manifest, cap
     assert any("drawn at 16 px are resized to 32 px" in r.message for r in caplog.records)
 
 
+# A tiny AE through the command line (the default loss set, unless a test adds --losses).
+TINY_CLI = ["--set", "width=8", "--set", "max_width=32", "--set", "style_dim=16", "--set", "cls_k=4",
+            "--batch-size", "4"]  # fmt: skip
+
+
 def test_cli_ae_preset_defaults_to_the_manifest_size(tmp_path, paired_manifest):
     from sketch2image.cli import main
 
     data = json.loads(paired_manifest.read_text())
     paired_manifest.write_text(json.dumps({**data, "size": 32}))
     assert main(["ae", "train", "--data", str(paired_manifest), "--out", str(tmp_path / "ae"), "--steps", "1",
-                 "--set", "width=8", "--set", "max_width=32", "--set", "style_dim=16", "--set", "cls_k=4",
-                 "--batch-size", "4"]) == 0  # fmt: skip
+                 *TINY_CLI]) == 0  # fmt: skip
     assert json.loads((tmp_path / "ae" / "config.json").read_text())["size"] == 32
 
 
@@ -382,13 +387,11 @@ def test_the_default_ae_is_reconstruction_only_and_the_paper_losses_are_one_opti
     """Default: no self-supervised term (the faces ablation's answer); --losses paper switches all four on; a run
     resumed without the option goes on with the losses it was started with; resuming with others is refused."""
     from sketch2image.cli import main
-    from sketch2image.configs import SSL_WEIGHTS
+    from sketch2image.options import SSL_WEIGHTS
 
     assert all(getattr(AEConfig(), k) == 0 for k in SSL_WEIGHTS) and not AEConfig().uses_classes
     assert set(LOSSES["paper"]) == set(SSL_WEIGHTS) and all(v > 0 for v in LOSSES["paper"].values())
-    tiny_args = ["--set", "width=8", "--set", "max_width=32", "--set", "style_dim=16", "--set", "cls_k=4",
-                 "--set", "log_every=1", "--batch-size", "4"]  # fmt: skip
-    common = ["ae", "train", "--data", str(paired_manifest), *tiny_args]
+    common = ["ae", "train", "--data", str(paired_manifest), *TINY_CLI, "--set", "log_every=1"]
 
     def weights(run: Path) -> dict:
         saved = json.loads((run / "config.json").read_text())

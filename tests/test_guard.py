@@ -17,11 +17,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from sketch2image.cli import main
-from sketch2image.configs import LOSSES, AEConfig, GANConfig, TOMConfig
+from sketch2image.configs import AEConfig, GANConfig, TOMConfig
 from sketch2image.data.ink import BLANK_BELOW, SOLID_ABOVE, InkReport, ink_fraction
 from sketch2image.errors import CheckpointError
 from sketch2image.losses import gram
 from sketch2image.nets.tom import GramDiscriminator
+from sketch2image.options import LOSSES
 from sketch2image.storage import save_tensors
 from sketch2image.train.checkpoint import save_checkpoint
 from sketch2image.train.guard import FiniteGuard, NonFiniteError

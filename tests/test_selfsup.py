@@ -9,11 +9,12 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from sketch2image.configs import LOSSES, AEConfig, GANConfig, from_dict, to_dict
+from sketch2image.configs import AEConfig, GANConfig, from_dict, to_dict
 from sketch2image.data.paired import PairedData
 from sketch2image.errors import S2IError
 from sketch2image.losses import refiner_rec, uniform_kl, uniform_prediction_loss
 from sketch2image.nets.blocks import DualMaskInjection
+from sketch2image.options import LOSSES
 from sketch2image.train.ae import AETrainer
 from sketch2image.train.ema import ema_decay_at, ema_update
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sketch2image.errors import S2IError
-from sketch2image.options import DEFAULT_METRICS, FITS, MIX_MODES, STROKES
+from sketch2image.options import DEFAULT_METRICS, FITS, LOSSES, MIX_MODES, STROKES
 from sketch2image.version import __version__
 
 
@@ -48,7 +48,7 @@ def _config(args: argparse.Namespace, base, adjust=None):
     from sketch2image.storage import load_config
 
     saved = Path(args.out) / "config.json"
-    if getattr(args, "resume", False) and saved.is_file():
+    if args.resume and saved.is_file():
         base = load_config(type(base), saved)
     if adjust is not None:
         base = adjust(base)
@@ -83,12 +83,12 @@ def _cmd_tom_sketch(args: argparse.Namespace) -> None:
 def _cmd_ae_train(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from sketch2image.configs import AE_PRESETS, LOSSES, AEConfig
+    from sketch2image.configs import AE_PRESETS, AEConfig
     from sketch2image.data.paired import manifest_size
     from sketch2image.train.ae import train_ae
 
-    if args.preset is not None:
-        base = AEConfig.preset(args.preset)
+    if args.preset is not None:  # applied by adjust, on a resumed run's own config too
+        base = AEConfig()
     else:  # the size the sketches were drawn at, with its preset's widths where there is one
         size = manifest_size(Path(args.data)) or 64
         base = AEConfig.preset(size) if size in AE_PRESETS else AEConfig(size=size)
@@ -396,7 +396,7 @@ def _training_commands(jobs) -> None:
     at.add_argument("--data", required=True, help="manifest.json written by `s2i tom sketch`")
     at.add_argument("--preset", type=int, help="resolution preset: 64, 128, 256, 512 or 1024 "
                     "(default: the size the sketches were drawn at)")  # fmt: skip
-    at.add_argument("--losses", choices=("reconstruction", "paper"),
+    at.add_argument("--losses", choices=tuple(LOSSES),
                     help="reconstruction (default): reconstruction with Feat-DMI only, the best measured; paper: "
                     "also the paper's style/content triplets, style classification and content MI")  # fmt: skip
     _training_args(at, "AEConfig", "--set dmi=sketch --set w_style_cls=0.5")

@@ -172,16 +172,6 @@ AE_PRESETS: dict[int, dict[str, int]] = {
 }
 
 
-# The AE's loss sets, by name: each sets all four self-supervised weights. "paper": the style and content
-# triplets, the momentum style classification and the content MI (paper Eq. 7-10), with the classification at
-# 0.2, where its gradient on E_style stays within ~10x the reconstruction's (at 1.0 it was 5-29x).
-SSL_WEIGHTS = ("w_style_triplet", "w_content_triplet", "w_style_cls", "w_content_mi")
-LOSSES: dict[str, dict[str, float]] = {
-    "reconstruction": dict.fromkeys(SSL_WEIGHTS, 0.0),
-    "paper": {"w_style_triplet": 1.0, "w_content_triplet": 1.0, "w_style_cls": 0.2, "w_content_mi": 1.0},
-}
-
-
 @dataclass
 class AEConfig(AutoEncoderConfig, RunConfig):
     """Stage 2: the self-supervised auto-encoder (paper §4.1, appendix A). Defaults: the 64 px preset.
@@ -203,10 +193,10 @@ class AEConfig(AutoEncoderConfig, RunConfig):
     }
 
     # Loss weights; 0 switches a term off. The paper's four self-supervised terms are off by default
-    # (reconstruction with Feat-DMI only): on 64 px faces, two seeds each, none of them lowered FID or
-    # perceptual distance and all four together raised the perceptual distance beyond the seed spread, at
-    # twice the time per step (docs/BENCHMARKS.md). ``LOSSES["paper"]`` (``s2i ae train --losses paper``)
-    # switches them on at the weights tuned for gradient balance.
+    # (reconstruction with Feat-DMI only): on 64 px faces, two seeds each, none of them lowered FID or the
+    # perceptual distance beyond the seed spread, each part made one of the two worse beyond it, and all four
+    # together took 2.3x the time per step (docs/BENCHMARKS.md). ``options.LOSSES["paper"]``
+    # (``s2i ae train --losses paper``) switches them on at the weights tuned for gradient balance.
     w_rec: float = 1.0
     w_perceptual: float = 0.0  # optional VGG perceptual term, off in the paper-faithful preset
     w_style_triplet: float = 0.0
